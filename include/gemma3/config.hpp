@@ -105,6 +105,16 @@ consteval bool check_config() {
     return true;
 }
 
+// The name a config type reports in messages: its `name` member when it has one.
+template <ModelConfig C>
+constexpr std::string_view config_name() {
+    if constexpr (requires { C::name; }) {
+        return C::name;
+    } else {
+        return "the compiled config type";
+    }
+}
+
 // Shapes derived from a configuration, for use in kernels and buffer sizes.
 template <ModelConfig C>
 struct Dims {

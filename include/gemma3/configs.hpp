@@ -9,6 +9,7 @@ namespace gemma3::configs {
 // The seed's Gemma 3 270M with the GPT-2 vocabulary (config/model_config.json). Its output head
 // is a separate matrix: 164,654,976 parameters.
 struct Gemma3_270M {
+    static constexpr std::string_view name = "gemma3::configs::Gemma3_270M";
     static constexpr int vocab_size = 50257;
     static constexpr int context_length = 32768;
     static constexpr int emb_dim = 640;
@@ -30,12 +31,14 @@ struct Gemma3_270M {
 // The same architecture with the output head tied to the embedding, as in Google's release:
 // 132,490,496 parameters.
 struct Gemma3_270M_Tied : Gemma3_270M {
+    static constexpr std::string_view name = "gemma3::configs::Gemma3_270M_Tied";
     static constexpr bool tie_word_embeddings = true;
 };
 
 // A small model with every feature of the big one (MQA, both layer kinds, a sliding window that is
 // active at short lengths, untied head). For tests and quick experiments (config/tiny_model_config.json).
 struct Gemma3Tiny {
+    static constexpr std::string_view name = "gemma3::configs::Gemma3Tiny";
     static constexpr int vocab_size = 512;
     static constexpr int context_length = 1024;
     static constexpr int emb_dim = 64;
