@@ -1,0 +1,92 @@
+// The intermediate tensors of one forward pass over `batch` sequences of `seq` tokens, kept for the
+// backward pass. Rows are tokens, batch-major (row b*seq + t).
+#pragma once
+
+#include "config.hpp"
+#include "tensor.hpp"
+
+#include <cstdint>
+#include <vector>
+
+namespace gemma3 {
+
+template <class T>
+struct BlockActivations {
+    Buffer<T> input;                // [N, D] residual stream entering the block
+    Buffer<T> input_rstd;           // [N]
+    Buffer<T> attn_in;              // [N, D] input_layernorm(input)
+    Buffer<T> q, k, v;              // [N, H*Dh], [N, Hk*Dh], [N, Hk*Dh] projections
+    Buffer<T> q_rstd, k_rstd;       // [N*H], [N*Hk] q/k norm statistics
+    Buffer<T> q_rot, k_rot;         // normalised and rotated q, k
+    Buffer<T> probs;                // [B, H, T, T] attention probabilities (empty for inference)
+    Buffer<T> attn;                 // [N, H*Dh] attention output, heads concatenated
+    Buffer<T> attn_proj;            // [N, D] o_proj(attn)
+    Buffer<T> attn_proj_rstd;       // [N]
+    Buffer<T> mid;                  // [N, D] input + post_attention_norm(attn_proj)
+    Buffer<T> mid_rstd;             // [N]
+    Buffer<T> mlp_in;               // [N, D] pre_feedforward_norm(mid)
+    Buffer<T> gate, up;             // [N, F]
+    Buffer<T> act;                  // [N, F] gelu_tanh(gate) * up
+    Buffer<T> mlp_out;              // [N, D] down_proj(act)
+    Buffer<T> mlp_out_rstd;         // [N]
+};
+
+template <ModelConfig C, class T>
+struct Activations {
+    using D = Dims<C>;
+    Index batch = 0, seq = 0;
+    bool keep_probs = false;
+    std::vector<std::int32_t> tokens;     // [N]
+    std::vector<std::int32_t> positions;  // [N] position of each row within its sequence
+    std::vector<BlockActivations<T>> blocks;
+    Buffer<T> final_in;    // [N, D] output of the last block
+    Buffer<T> final_rstd;  // [N]
+    Buffer<T> final_out;   // [N, D] final norm output, the input of the head
+
+    Index tokens_count() const { return batch * seq; }
+
+    // Sizes every buffer for batch x seq (no-op when unchanged). keep_probs: store attention
+    // probabilities for the backward pass (B*H*T*T per layer).
+    void resize(Index batch_, Index seq_, bool keep_probs_) {
+        if (batch_ == batch && seq_ == seq && keep_probs_ == keep_probs && !blocks.empty()) return;
+        batch = batch_;
+        seq = seq_;
+        keep_probs = keep_probs_;
+        const auto n = static_cast<std::size_t>(batch * seq);
+        const auto d = static_cast<std::size_t>(D::model), f = static_cast<std::size_t>(D::ffn);
+        const auto q = static_cast<std::size_t>(D::q), kv = static_cast<std::size_t>(D::kv);
+        tokens.assign(n, 0);
+        positions.resize(n);
+        for (std::size_t i = 0; i < n; ++i) positions[i] = static_cast<std::int32_t>(i % static_cast<std::size_t>(seq));
+        blocks.resize(static_cast<std::size_t>(D::layers));
+        for (auto& b : blocks) {
+            b.input.resize(n * d);
+            b.input_rstd.resize(n);
+            b.attn_in.resize(n * d);
+            b.q.resize(n * q);
+            b.k.resize(n * kv);
+            b.v.resize(n * kv);
+            b.q_rstd.resize(n * static_cast<std::size_t>(D::heads));
+            b.k_rstd.resize(n * static_cast<std::size_t>(D::kv_heads));
+            b.q_rot.resize(n * q);
+            b.k_rot.resize(n * kv);
+            b.probs.resize(keep_probs ? static_cast<std::size_t>(batch * D::heads * seq * seq) : 0);
+            b.attn.resize(n * q);
+            b.attn_proj.resize(n * d);
+            b.attn_proj_rstd.resize(n);
+            b.mid.resize(n * d);
+            b.mid_rstd.resize(n);
+            b.mlp_in.resize(n * d);
+            b.gate.resize(n * f);
+            b.up.resize(n * f);
+            b.act.resize(n * f);
+            b.mlp_out.resize(n * d);
+            b.mlp_out_rstd.resize(n);
+        }
+        final_in.resize(n * d);
+        final_rstd.resize(n);
+        final_out.resize(n * d);
+    }
+};
+
+}  // namespace gemma3

@@ -1,0 +1,133 @@
+// The Gemma 3 forward pass on the CPU, top to bottom (spec §3).
+//
+//   x = embed(tokens) * sqrt(D)
+//   for each block l:
+//     a   = input_norm(x)
+//     q, k, v = a Wq^T, a Wk^T, a Wv^T ; q, k = rope_l(qk_norm(q, k))
+//     x   = x + post_attention_norm(attention_l(q, k, v) Wo^T)
+//     m   = pre_feedforward_norm(x)
+//     x   = x + post_feedforward_norm((gelu_tanh(m Wg^T) * m Wu^T) Wd^T)
+//   h = final_norm(x) ; logits = h W_head^T
+//
+// Every intermediate lands in Activations, which the backward pass reads.
+#pragma once
+
+#include "activations.hpp"
+#include "config.hpp"
+#include "ops/attention.hpp"
+#include "ops/embedding.hpp"
+#include "ops/geglu.hpp"
+#include "ops/linear.hpp"
+#include "ops/rmsnorm.hpp"
+#include "ops/rope.hpp"
+#include "parameters.hpp"
+
+#include <cmath>
+#include <span>
+
+namespace gemma3 {
+
+// The RoPE tables of the two layer kinds, covering positions [0, positions).
+template <class T>
+struct RopeTables {
+    RopeTable<T> local, global;
+
+    const RopeTable<T>& for_kind(AttentionKind kind) const { return kind == AttentionKind::sliding ? local : global; }
+
+    template <ModelConfig C>
+    void ensure(Index positions) {
+        if (local.positions >= positions) return;
+        local = RopeTable<T>(C::rope_local_base, C::head_dim, positions);
+        global = RopeTable<T>(C::rope_base, C::head_dim, positions);
+    }
+};
+
+template <ModelConfig C, class T>
+AttentionShape attention_shape(int layer, Index batch, Index seq) {
+    using D = Dims<C>;
+    return AttentionShape{batch, seq, D::heads, D::kv_heads, D::head, D::kind(layer) == AttentionKind::sliding ? D::window : 0,
+                          1.0 / std::sqrt(C::query_pre_attn_scalar)};
+}
+
+// One decoder block: act.input -> `out` ([N, D]; the next block's input).
+template <ModelConfig C, class T>
+void block_forward(int layer, const BlockWeights<const T>& w, const RopeTables<T>& rope, Activations<C, T>& acts,
+                   BlockActivations<T>& a, T* out) {
+    using D = Dims<C>;
+    const Index n = acts.tokens_count();
+    const T eps = static_cast<T>(C::rms_norm_eps);
+    const auto positions = std::span<const std::int32_t>(acts.positions);
+    const auto& table = rope.for_kind(D::kind(layer));
+
+    // Attention branch.
+    rmsnorm_forward<T>(const_view<T>(a.input.data(), n, D::model), w.input_norm, eps,
+                       matrix_view(a.attn_in.data(), n, D::model), a.input_rstd.data());
+    const auto attn_in = const_view<T>(a.attn_in.data(), n, D::model);
+    linear_forward<T>(attn_in, matrix_view(w.q_proj, D::q, D::model), matrix_view(a.q.data(), n, D::q));
+    linear_forward<T>(attn_in, matrix_view(w.k_proj, D::kv, D::model), matrix_view(a.k.data(), n, D::kv));
+    linear_forward<T>(attn_in, matrix_view(w.v_proj, D::kv, D::model), matrix_view(a.v.data(), n, D::kv));
+    if constexpr (C::qk_norm) {
+        rmsnorm_forward<T>(const_view<T>(a.q.data(), n * D::heads, D::head), w.q_norm, eps,
+                           matrix_view(a.q_rot.data(), n * D::heads, D::head), a.q_rstd.data());
+        rmsnorm_forward<T>(const_view<T>(a.k.data(), n * D::kv_heads, D::head), w.k_norm, eps,
+                           matrix_view(a.k_rot.data(), n * D::kv_heads, D::head), a.k_rstd.data());
+    } else {
+        a.q_rot = a.q;
+        a.k_rot = a.k;
+    }
+    rope_forward<T>(matrix_view(a.q_rot.data(), n, D::q), D::head, positions, table);
+    rope_forward<T>(matrix_view(a.k_rot.data(), n, D::kv), D::head, positions, table);
+    attention_forward<T>(const_view<T>(a.q_rot.data(), n, D::q), const_view<T>(a.k_rot.data(), n, D::kv),
+                         const_view<T>(a.v.data(), n, D::kv), attention_shape<C, T>(layer, acts.batch, acts.seq),
+                         matrix_view(a.attn.data(), n, D::q), acts.keep_probs ? a.probs.data() : nullptr);
+    linear_forward<T>(const_view<T>(a.attn.data(), n, D::q), matrix_view(w.o_proj, D::model, D::q),
+                      matrix_view(a.attn_proj.data(), n, D::model));
+    // mid = input + post_attention_norm(attn_proj), computed in the mid buffer.
+    rmsnorm_forward<T>(const_view<T>(a.attn_proj.data(), n, D::model), w.post_attention_norm, eps,
+                       matrix_view(a.mid.data(), n, D::model), a.attn_proj_rstd.data());
+    matrix_view(a.mid.data(), n, D::model) += const_view<T>(a.input.data(), n, D::model);
+
+    // Feed-forward branch.
+    rmsnorm_forward<T>(const_view<T>(a.mid.data(), n, D::model), w.pre_feedforward_norm, eps,
+                       matrix_view(a.mlp_in.data(), n, D::model), a.mid_rstd.data());
+    const auto mlp_in = const_view<T>(a.mlp_in.data(), n, D::model);
+    linear_forward<T>(mlp_in, matrix_view(w.gate_proj, D::ffn, D::model), matrix_view(a.gate.data(), n, D::ffn));
+    linear_forward<T>(mlp_in, matrix_view(w.up_proj, D::ffn, D::model), matrix_view(a.up.data(), n, D::ffn));
+    geglu_forward<T>(const_view<T>(a.gate.data(), n, D::ffn), const_view<T>(a.up.data(), n, D::ffn),
+                     matrix_view(a.act.data(), n, D::ffn));
+    linear_forward<T>(const_view<T>(a.act.data(), n, D::ffn), matrix_view(w.down_proj, D::model, D::ffn),
+                      matrix_view(a.mlp_out.data(), n, D::model));
+    rmsnorm_forward<T>(const_view<T>(a.mlp_out.data(), n, D::model), w.post_feedforward_norm, eps,
+                       matrix_view(out, n, D::model), a.mlp_out_rstd.data());
+    matrix_view(out, n, D::model) += const_view<T>(a.mid.data(), n, D::model);
+}
+
+// Runs embedding, all blocks and the final norm; the head is separate (full logits for inference,
+// a chunked loss for training). `acts` must have been resized for (batch, seq) and `rope` must cover
+// seq positions.
+template <ModelConfig C, class T>
+void forward_to_final_norm(const Weights<C, const T>& w, std::span<const std::int32_t> tokens,
+                           const RopeTables<T>& rope, Activations<C, T>& acts) {
+    using D = Dims<C>;
+    const Index n = acts.tokens_count();
+    acts.tokens.assign(tokens.begin(), tokens.end());
+    embedding_forward<T>(matrix_view(w.embed, D::vocab, D::model), tokens, static_cast<T>(std::sqrt(double(D::model))),
+                         matrix_view(acts.blocks[0].input.data(), n, D::model));
+    for (int l = 0; l < D::layers; ++l) {
+        const auto li = static_cast<std::size_t>(l);
+        T* out = l + 1 < D::layers ? acts.blocks[li + 1].input.data() : acts.final_in.data();
+        block_forward<C, T>(l, w.blocks[li], rope, acts, acts.blocks[li], out);
+    }
+    rmsnorm_forward<T>(const_view<T>(acts.final_in.data(), n, D::model), w.final_norm, static_cast<T>(C::rms_norm_eps),
+                       matrix_view(acts.final_out.data(), n, D::model), acts.final_rstd.data());
+}
+
+// logits [N, vocab] = final_out W_head^T.
+template <ModelConfig C, class T>
+void head_forward(const Weights<C, const T>& w, const Activations<C, T>& acts, MatrixView<T> logits) {
+    using D = Dims<C>;
+    linear_forward<T>(const_view<T>(acts.final_out.data(), acts.tokens_count(), D::model),
+                      matrix_view(w.lm_head, D::vocab, D::model), logits);
+}
+
+}  // namespace gemma3

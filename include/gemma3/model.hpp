@@ -1,0 +1,90 @@
+// The library's entry point: Model<Config, Backend>.
+//
+//   #include <gemma3/model.hpp>
+//   gemma3::Model<gemma3::configs::Gemma3_270M, gemma3::Cpu<float>> model;
+//   model.init(gemma3::InitScheme::hf, 0.02, /*seed=*/1);       // or model.load("model.safetensors")
+//   auto logits = model.forward(tokens, batch, seq);              // [batch*seq, vocab], row-major
+//
+// The config type fixes every shape at compile time (configs.hpp); the back end fixes where and in
+// which precision the model runs. Cpu<float> and Cpu<double> are the Eigen/BLAS reference.
+#pragma once
+
+#include "activations.hpp"
+#include "config.hpp"
+#include "configs.hpp"
+#include "forward.hpp"
+#include "parameters.hpp"
+#include "tensor.hpp"
+
+#include <cstdint>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <utility>
+
+namespace gemma3 {
+
+// The CPU reference back end, computing in T (float or double).
+template <class T>
+struct Cpu {
+    static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "Cpu<T>: T must be float or double");
+    using Scalar = T;
+};
+
+template <ModelConfig C, class Backend = Cpu<float>>
+class Model;
+
+template <ModelConfig C, class T>
+class Model<C, Cpu<T>> {
+public:
+    using Config = C;
+    using Scalar = T;
+    using Dims = gemma3::Dims<C>;
+    static constexpr std::size_t parameter_count = gemma3::parameter_count<C>;
+
+    Parameters<C, T> parameters;
+
+    // Random weights (see InitScheme); norm weights start at zero.
+    void init(InitScheme scheme = InitScheme::seed, double initializer_range = 0.02, std::uint64_t seed = 0) {
+        init_parameters(parameters, scheme, initializer_range, seed);
+    }
+
+    // Logits [batch*seq, vocab] for `batch` sequences of `seq` tokens each, stored batch-major in
+    // `tokens`. The view stays valid until the next call.
+    ConstMatrixView<T> forward(std::span<const std::int32_t> tokens, Index batch, Index seq) {
+        prepare(tokens, batch, seq, /*keep_probs=*/false);
+        forward_to_final_norm<C, T>(std::as_const(parameters).weights(), tokens, rope_, acts_);
+        logits_.resize(static_cast<std::size_t>(batch * seq * Dims::vocab));
+        head_forward<C, T>(std::as_const(parameters).weights(), acts_, matrix_view(logits_.data(), batch * seq, Dims::vocab));
+        return const_view(logits_.data(), batch * seq, Dims::vocab);
+    }
+
+    const Activations<C, T>& activations() const { return acts_; }
+
+protected:
+    // Validates the input and sizes the work buffers.
+    void prepare(std::span<const std::int32_t> tokens, Index batch, Index seq, bool keep_probs) {
+        if (batch <= 0 || seq <= 0) {
+            throw std::invalid_argument("Model::forward: batch (" + std::to_string(batch) + ") and seq (" +
+                                        std::to_string(seq) + ") must be positive");
+        }
+        if (seq > Dims::context) {
+            throw std::invalid_argument("Model::forward: seq " + std::to_string(seq) + " exceeds context_length " +
+                                        std::to_string(Dims::context));
+        }
+        if (static_cast<Index>(tokens.size()) != batch * seq) {
+            throw std::invalid_argument("Model::forward: " + std::to_string(tokens.size()) + " tokens given, batch * seq = " +
+                                        std::to_string(batch * seq));
+        }
+        check_token_ids(tokens, Dims::vocab);
+        acts_.resize(batch, seq, keep_probs);
+        rope_.template ensure<C>(seq);
+    }
+
+    Activations<C, T> acts_;
+    RopeTables<T> rope_;
+    Buffer<T> logits_;
+};
+
+}  // namespace gemma3

@@ -1,0 +1,55 @@
+// GeGLU: z = gelu_tanh(gate) * up, the gate being the projection that passes through GELU.
+//
+// Spec §3.5 and §9.5. gelu_tanh(x) = 0.5 x (1 + tanh(c (x + 0.044715 x^3))), c = sqrt(2/pi): PyTorch's
+// gelu(approximate="tanh"), HF's "gelu_pytorch_tanh".
+#pragma once
+
+#include "../tensor.hpp"
+
+#include <cmath>
+
+namespace gemma3 {
+
+namespace detail {
+inline constexpr double gelu_c = 0.7978845608028654;  // sqrt(2 / pi)
+inline constexpr double gelu_a = 0.044715;
+}  // namespace detail
+
+template <class T>
+T gelu_tanh(T x) {
+    const T c = T(detail::gelu_c), a = T(detail::gelu_a);
+    return T(0.5) * x * (T(1) + std::tanh(c * (x + a * x * x * x)));
+}
+
+// d/dx gelu_tanh(x) = 0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 a x^2), t = tanh(c (x + a x^3)).
+template <class T>
+T gelu_tanh_derivative(T x) {
+    const T c = T(detail::gelu_c), a = T(detail::gelu_a);
+    const T t = std::tanh(c * (x + a * x * x * x));
+    return T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * c * (T(1) + T(3) * a * x * x);
+}
+
+// z = gelu_tanh(gate) * up, element-wise over [tokens, hidden_dim].
+template <class T>
+void geglu_forward(ConstMatrixView<T> gate, ConstMatrixView<T> up, MatrixView<T> z) {
+#pragma omp parallel for schedule(static)
+    for (Index i = 0; i < z.rows(); ++i) {
+        for (Index j = 0; j < z.cols(); ++j) z(i, j) = gelu_tanh(gate(i, j)) * up(i, j);
+    }
+}
+
+// d_gate = dz * up * gelu'(gate), d_up = dz * gelu(gate). Outputs are overwritten.
+template <class T>
+void geglu_backward(ConstMatrixView<T> gate, ConstMatrixView<T> up, ConstMatrixView<T> dz, MatrixView<T> d_gate,
+                    MatrixView<T> d_up) {
+#pragma omp parallel for schedule(static)
+    for (Index i = 0; i < dz.rows(); ++i) {
+        for (Index j = 0; j < dz.cols(); ++j) {
+            const T g = gate(i, j), u = up(i, j), d = dz(i, j);
+            d_gate(i, j) = d * u * gelu_tanh_derivative(g);
+            d_up(i, j) = d * gelu_tanh(g);
+        }
+    }
+}
+
+}  // namespace gemma3

@@ -1,0 +1,57 @@
+// Gemma RMSNorm over the rows of a matrix: y = x * r * (1 + w), r = 1 / sqrt(mean(x^2) + eps).
+//
+// Spec §3.2 (forward) and §9.3 (backward). The learned weight is stored zero-centred, so a freshly
+// initialised norm (w = 0) is the identity scale. Used for the four norms of every block and the
+// final norm (rows of emb_dim), and for the q/k norms (rows of head_dim, one weight shared by all
+// heads and positions: pass the [tokens, heads*head_dim] matrix viewed as [tokens*heads, head_dim]).
+#pragma once
+
+#include "../tensor.hpp"
+
+#include <cmath>
+
+namespace gemma3 {
+
+// y and x may not alias. `rstd` (one per row) is saved for the backward pass.
+template <class T>
+void rmsnorm_forward(ConstMatrixView<T> x, const T* weight, T eps, MatrixView<T> y, T* rstd) {
+    const Index n = x.cols();
+    const Eigen::Array<T, 1, Eigen::Dynamic> one_plus_w = ConstVectorView<T>(weight, n).transpose().array() + T(1);
+#pragma omp parallel for schedule(static)
+    for (Index i = 0; i < x.rows(); ++i) {
+        const T r = T(1) / std::sqrt(x.row(i).squaredNorm() / T(n) + eps);
+        rstd[i] = r;
+        y.row(i) = (x.row(i).array() * r * one_plus_w).matrix();
+    }
+}
+
+// dx = r * g' - (r^3 / n) * x * sum_k(g'_k x_k), with g' = dy * (1 + w);  dw += sum_rows dy * x * r.
+// dx is overwritten (it may alias dy only if the caller no longer needs dy); d_weight is accumulated.
+template <class T>
+void rmsnorm_backward(ConstMatrixView<T> x, const T* weight, const T* rstd, ConstMatrixView<T> dy, MatrixView<T> dx,
+                      T* d_weight) {
+    const Index rows = x.rows();
+    const Index n = x.cols();
+    // The weight gradient first (it reads dy, which dx may overwrite). Each thread owns a range of
+    // columns and sums over all rows in order, so the result does not depend on the thread count.
+#pragma omp parallel for schedule(static)
+    for (Index j = 0; j < n; ++j) {
+        T sum = 0;
+        for (Index i = 0; i < rows; ++i) sum += dy(i, j) * x(i, j) * rstd[i];
+        d_weight[j] += sum;
+    }
+    const Eigen::Array<T, 1, Eigen::Dynamic> one_plus_w = ConstVectorView<T>(weight, n).transpose().array() + T(1);
+#pragma omp parallel
+    {
+        Eigen::Array<T, 1, Eigen::Dynamic> g(n);
+#pragma omp for schedule(static)
+        for (Index i = 0; i < rows; ++i) {
+            const T r = rstd[i];
+            g = dy.row(i).array() * one_plus_w;
+            const T dot = (g * x.row(i).array()).sum();
+            dx.row(i) = (g * r - x.row(i).array() * (r * r * r * dot / T(n))).matrix();
+        }
+    }
+}
+
+}  // namespace gemma3

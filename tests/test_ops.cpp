@@ -1,0 +1,264 @@
+// Each op against its direct formula (forward) and against central finite differences in double
+// (backward).
+//
+// Tolerances. Forward: the op and the naive loop compute the same sums in different orders, so they
+// differ by a few ulps times the reduction length: double 1e-12 relative. Backward: for a scalar
+// probe L = <out, r>, the central difference (L(x + h v) - L(x - h v)) / 2h has truncation error
+// h^2 |L'''| / 6 ~ 1e-12 and rounding error ~ eps |L| / h ~ 1e-10 with h = 1e-6, so directional
+// derivatives must agree to 1e-8 relative.
+#include <doctest/doctest.h>
+
+#include <gemma3/blas.hpp>
+#include <gemma3/ops/attention.hpp>
+#include <gemma3/ops/embedding.hpp>
+#include <gemma3/ops/geglu.hpp>
+#include <gemma3/ops/linear.hpp>
+#include <gemma3/ops/rmsnorm.hpp>
+#include <gemma3/ops/rope.hpp>
+
+#include <cmath>
+#include <functional>
+#include <random>
+#include <vector>
+
+using namespace gemma3;
+using Mat = RowMatrix<double>;
+
+namespace {
+
+Mat random_matrix(Index rows, Index cols, std::mt19937_64& rng, double scale = 1.0) {
+    std::normal_distribution<double> normal(0.0, scale);
+    Mat m(rows, cols);
+    for (Index i = 0; i < m.size(); ++i) m.data()[i] = normal(rng);
+    return m;
+}
+
+MatrixView<double> view(Mat& m) { return matrix_view(m.data(), m.rows(), m.cols()); }
+ConstMatrixView<double> cview(const Mat& m) { return const_view(m.data(), m.rows(), m.cols()); }
+
+double max_abs(const Mat& m) { return m.cwiseAbs().maxCoeff(); }
+double rel_error(const Mat& got, const Mat& want) { return (got - want).cwiseAbs().maxCoeff() / max_abs(want); }
+
+// Checks <analytic_grad, v> against the central difference of `loss` along v, for a few random v.
+void check_directional_derivative(Mat& x, const Mat& analytic_grad, const std::function<double()>& loss,
+                                  std::mt19937_64& rng, double tolerance = 1e-8) {
+    const double h = 1e-6;
+    for (int trial = 0; trial < 3; ++trial) {
+        const Mat v = random_matrix(x.rows(), x.cols(), rng);
+        const Mat x0 = x;
+        x = x0 + h * v;
+        const double plus = loss();
+        x = x0 - h * v;
+        const double minus = loss();
+        x = x0;
+        const double numeric = (plus - minus) / (2 * h);
+        const double analytic = (analytic_grad.array() * v.array()).sum();
+        CHECK(std::abs(numeric - analytic) <= tolerance * std::max(1.0, std::abs(analytic)));
+    }
+}
+
+}  // namespace
+
+TEST_CASE("gemm handles transposes and strided views like the naive product") {
+    std::mt19937_64 rng(1);
+    Mat a = random_matrix(7, 5, rng), b = random_matrix(6, 5, rng), big = random_matrix(10, 12, rng);
+    Mat c = Mat::Zero(7, 6);
+    gemm(cview(a), Op::none, cview(b), Op::transpose, view(c));
+    Mat want(7, 6);
+    for (Index i = 0; i < 7; ++i)
+        for (Index j = 0; j < 6; ++j) {
+            double s = 0;
+            for (Index k = 0; k < 5; ++k) s += a(i, k) * b(j, k);
+            want(i, j) = s;
+        }
+    CHECK(rel_error(c, want) < 1e-14);
+
+    // A 3x4 block at (2, 5) of a 10x12 matrix, transposed, times a.T block: strides respected.
+    Mat out = Mat::Constant(4, 7, 1.0);
+    auto block = sub_view(cview(big), 2, 5, 5, 4);  // 5 x 4
+    gemm(block, Op::transpose, cview(a), Op::transpose, view(out), 2.0, 1.0);
+    Mat want2 = 2.0 * big.block(2, 5, 5, 4).transpose() * a.transpose() + Mat::Constant(4, 7, 1.0);
+    CHECK(rel_error(out, want2) < 1e-14);
+}
+
+TEST_CASE("embedding gathers scaled rows and scatter-adds repeated ids") {
+    std::mt19937_64 rng(2);
+    Mat table = random_matrix(11, 4, rng);
+    std::vector<std::int32_t> ids = {3, 0, 3, 10, 3};
+    Mat out(5, 4);
+    embedding_forward<double>(cview(table), ids, 2.5, view(out));
+    for (Index i = 0; i < 5; ++i) {
+        const Mat want = 2.5 * table.row(ids[i]);  // one rounding, as in the op: equal bit for bit
+        CHECK(out.row(i) == want);
+    }
+
+    Mat d_out = random_matrix(5, 4, rng);
+    Mat d_table = Mat::Zero(11, 4);
+    embedding_backward<double>(ids, 2.5, cview(d_out), view(d_table));
+    Mat want = Mat::Zero(11, 4);
+    for (Index i = 0; i < 5; ++i) want.row(ids[i]) += 2.5 * d_out.row(i);
+    CHECK(rel_error(d_table, want) < 1e-15);
+
+    std::vector<std::int32_t> bad = {1, 11};
+    CHECK_THROWS_WITH_AS(check_token_ids(bad, 11), doctest::Contains("token id 11 at position 1"), std::out_of_range);
+}
+
+TEST_CASE("rmsnorm matches (1 + w) x / sqrt(mean(x^2) + eps) and its gradient") {
+    std::mt19937_64 rng(3);
+    const Index rows = 6, n = 10;
+    const double eps = 1e-6;
+    Mat x = random_matrix(rows, n, rng), w = random_matrix(1, n, rng, 0.3), y(rows, n);
+    std::vector<double> rstd(rows);
+    rmsnorm_forward<double>(cview(x), w.data(), eps, view(y), rstd.data());
+    Mat want(rows, n);
+    for (Index i = 0; i < rows; ++i) {
+        double ms = 0;
+        for (Index j = 0; j < n; ++j) ms += x(i, j) * x(i, j);
+        ms /= n;
+        for (Index j = 0; j < n; ++j) want(i, j) = x(i, j) / std::sqrt(ms + eps) * (1 + w(0, j));
+    }
+    CHECK(rel_error(y, want) < 1e-14);
+
+    const Mat r = random_matrix(rows, n, rng);
+    auto loss = [&] {
+        Mat out(rows, n);
+        std::vector<double> s(rows);
+        rmsnorm_forward<double>(cview(x), w.data(), eps, view(out), s.data());
+        return (out.array() * r.array()).sum();
+    };
+    Mat dx(rows, n), dw = Mat::Zero(1, n);
+    rmsnorm_backward<double>(cview(x), w.data(), rstd.data(), cview(r), view(dx), dw.data());
+    check_directional_derivative(x, dx, loss, rng);
+    check_directional_derivative(w, dw, loss, rng);
+}
+
+TEST_CASE("rope rotates dimension pairs (d, d + half) by p * theta^(-2d/head_dim)") {
+    std::mt19937_64 rng(4);
+    const int head_dim = 8, heads = 3;
+    const Index rows = 5;
+    const double theta = 10000;
+    RopeTable<double> table(theta, head_dim, 32);
+    std::vector<std::int32_t> positions = {0, 1, 7, 30, 31};
+    Mat x = random_matrix(rows, heads * head_dim, rng), y = x;
+    rope_forward<double>(view(y), head_dim, positions, table);
+    Mat want(rows, heads * head_dim);
+    for (Index i = 0; i < rows; ++i)
+        for (int h = 0; h < heads; ++h)
+            for (int d = 0; d < head_dim / 2; ++d) {
+                const double a = positions[i] * std::pow(theta, -2.0 * d / head_dim);
+                const Index lo = h * head_dim + d, hi = lo + head_dim / 2;
+                want(i, lo) = x(i, lo) * std::cos(a) - x(i, hi) * std::sin(a);
+                want(i, hi) = x(i, hi) * std::cos(a) + x(i, lo) * std::sin(a);
+            }
+    CHECK(rel_error(y, want) < 1e-14);
+    CHECK(y.row(0) == x.row(0));  // position 0 is the identity
+
+    // The backward rotation is the transpose: <R x, g> = <x, R^T g>.
+    Mat g = random_matrix(rows, heads * head_dim, rng), gt = g;
+    rope_backward<double>(view(gt), head_dim, positions, table);
+    CHECK(std::abs((y.array() * g.array()).sum() - (x.array() * gt.array()).sum()) < 1e-12);
+}
+
+TEST_CASE("geglu is gelu_tanh(gate) * up with the tanh-GELU derivative") {
+    std::mt19937_64 rng(5);
+    Mat gate = random_matrix(4, 6, rng, 2.0), up = random_matrix(4, 6, rng), z(4, 6);
+    geglu_forward<double>(cview(gate), cview(up), view(z));
+    for (Index i = 0; i < z.size(); ++i) {
+        const double g = gate.data()[i];
+        const double want = 0.5 * g * (1 + std::tanh(std::sqrt(2 / M_PI) * (g + 0.044715 * g * g * g))) * up.data()[i];
+        CHECK(std::abs(z.data()[i] - want) <= 1e-15 * std::max(1.0, std::abs(want)));
+    }
+    const Mat r = random_matrix(4, 6, rng);
+    auto loss = [&] {
+        Mat out(4, 6);
+        geglu_forward<double>(cview(gate), cview(up), view(out));
+        return (out.array() * r.array()).sum();
+    };
+    Mat d_gate(4, 6), d_up(4, 6);
+    geglu_backward<double>(cview(gate), cview(up), cview(r), view(d_gate), view(d_up));
+    check_directional_derivative(gate, d_gate, loss, rng);
+    check_directional_derivative(up, d_up, loss, rng);
+}
+
+TEST_CASE("linear computes x W^T with PyTorch's [out, in] layout, and its gradients") {
+    std::mt19937_64 rng(6);
+    Mat x = random_matrix(5, 7, rng), w = random_matrix(3, 7, rng), y(5, 3);
+    linear_forward<double>(cview(x), cview(w), view(y));
+    CHECK(rel_error(y, x * w.transpose()) < 1e-14);
+    const Mat r = random_matrix(5, 3, rng);
+    auto loss = [&] {
+        Mat out(5, 3);
+        linear_forward<double>(cview(x), cview(w), view(out));
+        return (out.array() * r.array()).sum();
+    };
+    Mat dx(5, 7), dw = Mat::Zero(3, 7);
+    linear_backward<double>(cview(x), cview(w), cview(r), view(dx), view(dw));
+    check_directional_derivative(x, dx, loss, rng);
+    check_directional_derivative(w, dw, loss, rng);
+}
+
+namespace {
+// Attention by its definition, one (sequence, head, query) at a time.
+Mat naive_attention(const Mat& q, const Mat& k, const Mat& v, const AttentionShape& s) {
+    Mat out = Mat::Zero(q.rows(), q.cols());
+    for (Index b = 0; b < s.batch; ++b)
+        for (Index h = 0; h < s.heads; ++h) {
+            const Index g = h / (s.heads / s.kv_heads);
+            for (Index i = 0; i < s.seq; ++i) {
+                std::vector<double> score(static_cast<std::size_t>(s.seq), -INFINITY);
+                double max = -INFINITY;
+                for (Index j = 0; j <= i; ++j) {
+                    if (s.window > 0 && j <= i - s.window) continue;  // sees i - W < j <= i
+                    double dot = 0;
+                    for (Index d = 0; d < s.head_dim; ++d)
+                        dot += q(b * s.seq + i, h * s.head_dim + d) * k(b * s.seq + j, g * s.head_dim + d);
+                    score[j] = dot * s.scale;
+                    max = std::max(max, score[j]);
+                }
+                double total = 0;
+                for (auto& e : score) total += (e = std::exp(e - max));
+                for (Index j = 0; j < s.seq; ++j)
+                    for (Index d = 0; d < s.head_dim; ++d)
+                        out(b * s.seq + i, h * s.head_dim + d) += score[j] / total * v(b * s.seq + j, g * s.head_dim + d);
+            }
+        }
+    return out;
+}
+}  // namespace
+
+TEST_CASE("attention matches its definition: causal, sliding window, grouped heads, long sequences") {
+    std::mt19937_64 rng(7);
+    struct Case {
+        Index batch, seq, heads, kv_heads, head_dim, window;
+    };
+    // seq 150 spans three query tiles, so the tiling and the window's key range are exercised.
+    for (const Case c : {Case{2, 9, 4, 1, 6, 0}, Case{2, 9, 4, 2, 6, 3}, Case{1, 150, 2, 1, 4, 70},
+                         Case{1, 150, 4, 4, 4, 0}, Case{1, 7, 2, 1, 4, 1}}) {
+        CAPTURE(c.seq);
+        CAPTURE(c.window);
+        const AttentionShape s{c.batch, c.seq, c.heads, c.kv_heads, c.head_dim, c.window, 0.37};
+        const Index n = c.batch * c.seq;
+        Mat q = random_matrix(n, c.heads * c.head_dim, rng), k = random_matrix(n, c.kv_heads * c.head_dim, rng),
+            v = random_matrix(n, c.kv_heads * c.head_dim, rng);
+        Mat out(n, q.cols());
+        std::vector<double> probs(static_cast<std::size_t>(c.batch * c.heads * c.seq * c.seq));
+        attention_forward<double>(cview(q), cview(k), cview(v), s, view(out), probs.data());
+        CHECK(rel_error(out, naive_attention(q, k, v, s)) < 1e-13);
+        Mat out_no_probs(n, q.cols());
+        attention_forward<double>(cview(q), cview(k), cview(v), s, view(out_no_probs), nullptr);
+        CHECK(rel_error(out_no_probs, out) < 1e-15);
+
+        const Mat r = random_matrix(n, q.cols(), rng);
+        auto loss = [&] {
+            Mat o(n, q.cols());
+            attention_forward<double>(cview(q), cview(k), cview(v), s, view(o), nullptr);
+            return (o.array() * r.array()).sum();
+        };
+        Mat dq(n, q.cols()), dk(n, k.cols()), dv(n, v.cols());
+        attention_backward<double>(cview(q), cview(k), cview(v), probs.data(), cview(r), s, view(dq), view(dk),
+                                   view(dv));
+        check_directional_derivative(q, dq, loss, rng);
+        check_directional_derivative(k, dk, loss, rng);
+        check_directional_derivative(v, dv, loss, rng);
+    }
+}
