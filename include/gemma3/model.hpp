@@ -15,6 +15,7 @@
 #include "forward.hpp"
 #include "parameters.hpp"
 #include "tensor.hpp"
+#include "weights_io.hpp"
 
 #include <cstdint>
 #include <span>
@@ -49,6 +50,9 @@ public:
     void init(InitScheme scheme = InitScheme::seed, double initializer_range = 0.02, std::uint64_t seed = 0) {
         init_parameters(parameters, scheme, initializer_range, seed);
     }
+
+    // Weights from a safetensors file with Hugging Face's tensor names (see weights_io.hpp).
+    void load(const std::filesystem::path& safetensors_path) { load_weights(safetensors_path, parameters); }
 
     // Logits [batch*seq, vocab] for `batch` sequences of `seq` tokens each, stored batch-major in
     // `tokens`. The view stays valid until the next call.
