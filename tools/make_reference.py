@@ -7,6 +7,12 @@ Writes, for each case in CASES, a directory tests/data/hf/<case>/ with
   reference.safetensors  input_ids [B, T] (I32) and the logits of:
                            logits_f64     HF in float64 with the precision patches below
                            logits_hf_f32  stock HF in float32 (weights rounded to fp32), unpatched
+  grads.safetensors      (small cases) targets [B, T], the mean cross-entropy `loss` and PyTorch
+                         autograd's gradient of it for every parameter (float64, HF names; with a
+                         tied head the embedding's gradient includes the head's part)
+  trajectory.safetensors (mqa_untied) 10 AdamW steps of the seed's training loop in float64: the
+                         micro-batches, the loss and learning rate of every iteration, the global
+                         gradient norm before clipping at every step, and the final weights
 
 The case `seed_dims` has the full dimensions of config/model_config.json. Its 165M weights are not
 stored: both this script and the C++ test fill them from the closed-form formula `closed_form()`
@@ -243,6 +249,74 @@ def run(model, input_ids):
         return model(input_ids=input_ids, use_cache=False).logits
 
 
+# Training hyper-parameters of the trajectory fixture: the seed's loop at a small scale, with the
+# seed's quirks kept (min_lr > learning_rate, so the cosine phase rises) and clipping active.
+TRAJECTORY = dict(learning_rate=3e-3, min_lr=6e-3, warmup_steps=4, max_iters=20, accumulation=2,
+                  beta1=0.9, beta2=0.95, eps=1e-9, weight_decay=0.1, grad_clip=0.5, warmup_start_factor=1.0 / 3.0)
+
+
+def cross_entropy(logits, targets):
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def make_gradients(model64, case, generator, out_dir):
+    """Autograd gradients of the mean cross-entropy, float64 with the precision patches."""
+    batch, seq = case["batch"], case["seq"]
+    input_ids = torch.randint(0, case["vocab_size"], (batch, seq), generator=generator)
+    targets = torch.randint(0, case["vocab_size"], (batch, seq), generator=generator)
+    set_precision_patches(True)
+    model64.zero_grad(set_to_none=True)
+    loss = cross_entropy(model64(input_ids=input_ids, use_cache=False).logits, targets)
+    loss.backward()
+    set_precision_patches(False)
+    tensors = {"input_ids": input_ids.to(torch.int32), "targets": targets.to(torch.int32),
+               "loss": loss.detach().reshape(1)}
+    for pname, p in model64.named_parameters():
+        tensors["grad." + pname] = p.grad.detach().clone()
+    save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(out_dir, "grads.safetensors"))
+    print(f"  gradients: loss {loss.item():.6f}, {len(tensors) - 3} tensors")
+
+
+def make_trajectory(model64, case, generator, out_dir):
+    """The seed's loop: AdamW, LinearLR warmup then cosine (SequentialLR, stepped per iteration),
+    loss / accumulation, global-norm clipping before each optimizer step."""
+    cfg = TRAJECTORY
+    batch, seq, iters = case["batch"], case["seq"], cfg["max_iters"]
+    stream = torch.randint(0, case["vocab_size"], (4096,), generator=generator)
+    starts = torch.randint(0, len(stream) - seq - 1, (iters, batch), generator=generator)
+    xs = torch.stack([torch.stack([stream[i:i + seq] for i in row]) for row in starts])
+    ys = torch.stack([torch.stack([stream[i + 1:i + seq + 1] for i in row]) for row in starts])
+    params = list(model64.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg["learning_rate"], betas=(cfg["beta1"], cfg["beta2"]), eps=cfg["eps"],
+                            weight_decay=cfg["weight_decay"])
+    warmup = torch.optim.lr_scheduler.LinearLR(opt, start_factor=cfg["warmup_start_factor"],
+                                               total_iters=cfg["warmup_steps"])
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=iters - cfg["warmup_steps"], eta_min=cfg["min_lr"])
+    sched = torch.optim.lr_scheduler.SequentialLR(opt, schedulers=[warmup, cosine], milestones=[cfg["warmup_steps"]])
+    losses, lrs, norms = [], [], []
+    set_precision_patches(True)
+    opt.zero_grad(set_to_none=True)
+    for e in range(iters):
+        loss = cross_entropy(model64(input_ids=xs[e], use_cache=False).logits, ys[e])
+        (loss / cfg["accumulation"]).backward()
+        losses.append(loss.item())
+        lrs.append(opt.param_groups[0]["lr"])
+        if (e + 1) % cfg["accumulation"] == 0 or e + 1 == iters:
+            norms.append(torch.nn.utils.clip_grad_norm_(params, cfg["grad_clip"]).item())
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        sched.step()
+    set_precision_patches(False)
+    assert max(norms) > cfg["grad_clip"], "clipping must be active in the fixture"
+    tensors = {"x": xs.to(torch.int32), "y": ys.to(torch.int32), "loss": torch.tensor(losses, dtype=torch.float64),
+               "lr": torch.tensor(lrs, dtype=torch.float64), "grad_norm": torch.tensor(norms, dtype=torch.float64)}
+    for pname, p in model64.named_parameters():
+        tensors["final." + pname] = p.detach().clone()
+    save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(out_dir, "trajectory.safetensors"),
+              metadata={k: repr(v) for k, v in cfg.items()})
+    print(f"  trajectory: losses {losses[0]:.5f} -> {losses[-1]:.5f}, grad norms {min(norms):.3f}..{max(norms):.3f}")
+
+
 def make_case(name, case, out_dir):
     print(f"[{name}]", flush=True)
     os.makedirs(out_dir, exist_ok=True)
@@ -263,6 +337,10 @@ def make_case(name, case, out_dir):
     logits64 = run(model64, input_ids)
     set_precision_patches(False)
     logits64_stock = run(model64, input_ids)
+    if not case.get("closed_form"):
+        make_gradients(model64, case, generator, out_dir)
+        if name == "mqa_untied":
+            make_trajectory(model64, case, generator, out_dir)
     del model64
 
     model32 = build_model(case, torch.float32)

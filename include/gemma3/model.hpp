@@ -10,6 +10,7 @@
 #pragma once
 
 #include "activations.hpp"
+#include "backward.hpp"
 #include "config.hpp"
 #include "configs.hpp"
 #include "forward.hpp"
@@ -64,6 +65,29 @@ public:
         return const_view(logits_.data(), batch * seq, Dims::vocab);
     }
 
+    // Training: the mean cross-entropy of predicting targets[i] at position i, and its gradient.
+    // Gradients of loss_scale * mean_loss are added to `grads` (pass 1 / accumulation_steps to
+    // accumulate micro-batches as the seed does). Returns the mean loss, unscaled.
+    double forward_backward(std::span<const std::int32_t> tokens, std::span<const std::int32_t> targets, Index batch,
+                            Index seq, Parameters<C, T>& grads, double loss_scale = 1.0) {
+        prepare(tokens, batch, seq, /*keep_probs=*/true);
+        check_targets(targets);
+        forward_to_final_norm<C, T>(std::as_const(parameters).weights(), tokens, rope_, acts_);
+        const double n = static_cast<double>(batch * seq);
+        const double loss_sum = backward<C, T>(std::as_const(parameters).weights(), grads.weights(), targets,
+                                               static_cast<T>(loss_scale / n), rope_, acts_, scratch_);
+        return loss_sum / n;
+    }
+
+    // Evaluation: the mean cross-entropy, without gradients.
+    double loss(std::span<const std::int32_t> tokens, std::span<const std::int32_t> targets, Index batch, Index seq) {
+        prepare(tokens, batch, seq, /*keep_probs=*/false);
+        check_targets(targets);
+        forward_to_final_norm<C, T>(std::as_const(parameters).weights(), tokens, rope_, acts_);
+        return loss_only<C, T>(std::as_const(parameters).weights(), targets, acts_, scratch_.logits_chunk) /
+               static_cast<double>(batch * seq);
+    }
+
     const Activations<C, T>& activations() const { return acts_; }
 
 protected:
@@ -86,7 +110,16 @@ protected:
         rope_.template ensure<C>(seq);
     }
 
+    void check_targets(std::span<const std::int32_t> targets) const {
+        if (static_cast<Index>(targets.size()) != acts_.tokens_count()) {
+            throw std::invalid_argument("Model: " + std::to_string(targets.size()) + " targets given, batch * seq = " +
+                                        std::to_string(acts_.tokens_count()));
+        }
+        check_token_ids(targets, Dims::vocab);
+    }
+
     Activations<C, T> acts_;
+    BackwardScratch<C, T> scratch_;
     RopeTables<T> rope_;
     Buffer<T> logits_;
 };

@@ -1,0 +1,81 @@
+// Output head fused with softmax cross-entropy, chunked over rows.
+//
+// Spec §3.6 and §9.1-9.2. For each chunk of rows: logits = h W^T, loss_i = logsumexp(logits_i) -
+// logits_i[y_i], d_logits = (softmax(logits) - onehot(y)) * grad_scale, then dh = d_logits W and
+// dW += d_logits^T h. Only a chunk of logits exists at a time: at the seed's batch (32 x 128 tokens,
+// vocab 50257) the full matrix would take 823 MB in fp32.
+#pragma once
+
+#include "../blas.hpp"
+#include "../tensor.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <span>
+#include <stdexcept>
+#include <string>
+
+namespace gemma3 {
+
+struct ClassifierResult {
+    double loss_sum = 0;  // sum over rows of -log p(target)
+};
+
+// h [N, D], head [V, D], targets [N]. With dh == nullptr only the loss is computed (evaluation).
+// Otherwise dh [N, D] is overwritten with dL/dh and d_head [V, D] accumulates dL/dW, where
+// L = grad_scale * loss_sum (grad_scale = 1 / (N * accumulation steps) for the seed's mean loss).
+// `logits_chunk` is scratch, resized to chunk_rows x V.
+template <class T>
+ClassifierResult classifier_forward_backward(ConstMatrixView<T> h, ConstMatrixView<T> head,
+                                             std::span<const std::int32_t> targets, T grad_scale, T* dh,
+                                             T* d_head, Buffer<T>& logits_chunk, Index chunk_rows = 256) {
+    const Index n = h.rows(), d = h.cols(), vocab = head.rows();
+    if (static_cast<Index>(targets.size()) != n) {
+        throw std::invalid_argument("classifier: " + std::to_string(targets.size()) + " targets for " +
+                                    std::to_string(n) + " rows");
+    }
+    for (std::size_t i = 0; i < targets.size(); ++i) {
+        if (targets[i] < 0 || targets[i] >= vocab) {
+            throw std::out_of_range("target id " + std::to_string(targets[i]) + " at position " + std::to_string(i) +
+                                    " is outside the vocabulary [0, " + std::to_string(vocab) + ")");
+        }
+    }
+    chunk_rows = std::min(chunk_rows, n);
+    logits_chunk.resize(static_cast<std::size_t>(chunk_rows * vocab));
+    std::vector<double> row_loss(static_cast<std::size_t>(chunk_rows));
+    ClassifierResult result;
+    for (Index r0 = 0; r0 < n; r0 += chunk_rows) {
+        const Index rows = std::min(chunk_rows, n - r0);
+        auto logits = matrix_view(logits_chunk.data(), rows, vocab);
+        const auto h_rows = row_block(h, r0, rows);
+        gemm(h_rows, Op::none, head, Op::transpose, logits);
+#pragma omp parallel for schedule(static)
+        for (Index r = 0; r < rows; ++r) {
+            auto row = logits.row(r).array();
+            const Index y = targets[static_cast<std::size_t>(r0 + r)];
+            const T max = row.maxCoeff();
+            const T target_logit = row(y);
+            if (dh) {
+                row = (row - max).exp();
+                const T sum = row.sum();
+                row(y) = row(y) - sum;  // p - onehot, times sum (rescaled next)
+                row *= grad_scale / sum;
+                row_loss[static_cast<std::size_t>(r)] =
+                    static_cast<double>(max) + std::log(static_cast<double>(sum)) - static_cast<double>(target_logit);
+            } else {
+                const T sum = (row - max).exp().sum();
+                row_loss[static_cast<std::size_t>(r)] =
+                    static_cast<double>(max) + std::log(static_cast<double>(sum)) - static_cast<double>(target_logit);
+            }
+        }
+        for (Index r = 0; r < rows; ++r) result.loss_sum += row_loss[static_cast<std::size_t>(r)];  // fixed order
+        if (dh) {
+            gemm(logits, Op::none, head, Op::none, row_block(matrix_view(dh, n, d), r0, rows));
+            gemm(logits, Op::transpose, h_rows, Op::none, matrix_view(d_head, vocab, d), T(1), T(1));
+        }
+    }
+    return result;
+}
+
+}  // namespace gemma3
