@@ -1,0 +1,100 @@
+// gemma3-info: what a model config describes: architecture, exact parameter count, FLOPs per token
+// and the memory for weights, training state, activations and the KV cache.
+//
+//   build/bin/gemma3-info --model-config config/model_config.json [--batch 32 --block-size 128 --context 32768]
+#include <gemma3/config_file.hpp>
+#include <gemma3/footprint.hpp>
+
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <iostream>
+#include <string>
+
+namespace {
+
+std::string grouped(std::int64_t n) {
+    std::string digits = std::to_string(n), out;
+    for (std::size_t i = 0; i < digits.size(); ++i) {
+        if (i > 0 && (digits.size() - i) % 3 == 0) out += ',';
+        out += digits[i];
+    }
+    return out;
+}
+
+std::string bytes(double b) {
+    const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    int u = 0;
+    while (b >= 1024 && u < 4) b /= 1024, ++u;
+    char text[32];
+    std::snprintf(text, sizeof text, "%.1f %s", b, units[u]);
+    return text;
+}
+
+std::string number(double x) {
+    char text[32];
+    std::snprintf(text, sizeof text, "%.15g", x);
+    return text;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"Architecture, parameter count and memory of a Gemma 3 model config"};
+    std::string path = "config/model_config.json";
+    std::int64_t batch = 32, block = 128, context = -1;
+    app.add_option("--model-config", path, "model config JSON")->check(CLI::ExistingFile);
+    app.add_option("--batch", batch, "sequences per micro-batch for the activation estimate")->check(CLI::PositiveNumber);
+    app.add_option("--block-size", block, "tokens per sequence for the activation estimate")->check(CLI::PositiveNumber);
+    app.add_option("--context", context, "KV-cache length (default: context_length)");
+    CLI11_PARSE(app, argc, argv);
+
+    gemma3::ModelConfigFile c;
+    try {
+        c = gemma3::load_model_config(path);
+    } catch (const std::exception& e) {
+        std::cerr << e.what() << "\n";
+        return 1;
+    }
+    for (const auto& w : c.warnings) std::cerr << "warning: " << w << "\n";
+    if (context < 0) context = c.context_length;
+
+    const auto p = gemma3::count_parameters(c);
+    int full = 0;
+    for (auto k : c.layer_types) full += k == gemma3::AttentionKind::full;
+    std::cout << "Model config: " << path << "\n"
+              << "  vocabulary " << c.vocab_size << ", context " << c.context_length << ", width " << c.emb_dim
+              << ", " << c.n_layers << " layers (" << c.n_layers - full << " sliding, window " << c.sliding_window
+              << "; " << full << " full)\n"
+              << "  attention: " << c.n_heads << " query heads, " << c.n_kv_groups << " key/value head"
+              << (c.n_kv_groups > 1 ? "s" : "") << ", head_dim " << c.head_dim << ", q/k norm " << (c.qk_norm ? "on" : "off")
+              << ", scores x " << number(c.query_pre_attn_scalar) << "^-0.5\n"
+              << "  feed-forward: GeGLU (tanh GELU), hidden " << c.hidden_dim << "\n"
+              << "  RoPE base " << number(c.rope_local_base) << " (sliding) / " << number(c.rope_base) << " (full); output head "
+              << (c.tie_word_embeddings ? "tied to the embedding" : "untied") << "\n\n";
+
+    std::cout << "Parameters: " << grouped(p.total) << "\n"
+              << "  embedding    " << grouped(p.embedding) << "\n"
+              << "  blocks       " << grouped(p.blocks) << " (" << c.n_layers << " x " << grouped(p.per_block) << ")\n"
+              << "  final norm   " << grouped(p.final_norm) << "\n"
+              << "  output head  " << (p.head ? grouped(p.head) : std::string("tied")) << "\n"
+              << "  in matrix products: " << grouped(p.matrices) << " ; training FLOPs per token at block "
+              << block << ": " << gemma3::training_flops_per_token(c, block) / 1e9 << " G\n\n";
+
+    const double n = static_cast<double>(p.total);
+    const double acts = static_cast<double>(gemma3::activation_elements(c, batch, block));
+    const double kv = static_cast<double>(gemma3::kv_cache_elements(c, 1, context));
+    const auto row = [](const std::string& label, const std::string& fp32, const std::string& bf16) {
+        std::printf("  %-42s %12s %12s\n", label.c_str(), fp32.c_str(), bf16.c_str());
+    };
+    std::printf("Memory%*s%12s %12s\n", 39, "", "fp32", "bf16");
+    row("weights", bytes(4 * n), bytes(2 * n));
+    row("gradients", bytes(4 * n), bytes(2 * n));
+    row("AdamW moments (always fp32)", bytes(8 * n), bytes(8 * n));
+    row("fp32 master weights (bf16 training)", "-", bytes(4 * n));
+    row("activations, batch " + std::to_string(batch) + " x " + std::to_string(block), bytes(4 * acts), bytes(2 * acts));
+    row("KV cache, 1 sequence of " + std::to_string(context) + " tokens", bytes(4 * kv), bytes(2 * kv));
+    std::printf("  (sliding layers keep %lld positions, full layers %lld)\n",
+                static_cast<long long>(std::min<std::int64_t>(c.sliding_window, context)), static_cast<long long>(context));
+    return 0;
+}
