@@ -38,7 +38,7 @@ std::string read_bytes(const fs::path& path) {
 // A data file that a fetch script provides: missing means the test fails, with what to run.
 fs::path data_file(const char* relative, const char* script) {
     const fs::path path = source_dir / relative;
-    REQUIRE_MESSAGE(fs::exists(path), path.string() << " is missing: run " << script
+    REQUIRE_MESSAGE(fs::exists(path), path.string() << " is missing: run " << std::string(script)
                                                     << " (it obtains the file; nothing downloads at test time)");
     return path;
 }
