@@ -30,6 +30,7 @@
 #include <nlohmann/json.hpp>
 
 #include "config.hpp"
+#include "detail/text.hpp"
 
 namespace gemma3 {
 
@@ -234,25 +235,6 @@ inline std::string quoted_list(std::span<const std::string_view> names, std::str
     return text;
 }
 
-// Levenshtein distance, case-insensitive, for "did you mean" suggestions. Hand-written because
-// none of the project's dependencies offers one and it is a dozen lines.
-inline std::size_t edit_distance(std::string_view a, std::string_view b) {
-    auto lower = [](char c) { return static_cast<char>(std::tolower(static_cast<unsigned char>(c))); };
-    std::vector<std::size_t> row(b.size() + 1);
-    for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
-    for (std::size_t i = 1; i <= a.size(); ++i) {
-        std::size_t diagonal = row[0];
-        row[0] = i;
-        for (std::size_t j = 1; j <= b.size(); ++j) {
-            const std::size_t above = row[j];
-            const std::size_t substitute = diagonal + (lower(a[i - 1]) == lower(b[j - 1]) ? 0 : 1);
-            row[j] = std::min({above + 1, row[j - 1] + 1, substitute});
-            diagonal = above;
-        }
-    }
-    return row[b.size()];
-}
-
 // Hugging Face's names for our fields: people paste those from a config.json.
 inline constexpr std::array<std::pair<std::string_view, std::string_view>, 14> field_aliases{{
     {"hidden_size", "emb_dim"},
@@ -280,7 +262,7 @@ inline std::string unknown_field_advice(std::string_view name, std::span<const s
     std::string_view best;
     std::size_t best_distance = std::numeric_limits<std::size_t>::max();
     for (std::string_view candidate : known) {
-        const std::size_t d = edit_distance(name, candidate);
+        const std::size_t d = text::edit_distance(name, candidate);
         if (d < best_distance) {
             best_distance = d;
             best = candidate;

@@ -1,0 +1,172 @@
+// gemma3-train: the seed's training loop, driven by config/model_config.json and
+// config/training_config.json. Every training field can be overridden on the command line.
+//
+//   build/bin/gemma3-train --model-config config/demo_model_config.json \
+//       --training-config config/demo_training_config.json --data-dir data/kjv --out-dir out/demo
+//   build/bin/gemma3-train ... --resume            # continue from <out-dir>/latest
+//
+// The model's shapes are compile-time constants, so the program contains a set of compiled config
+// types and picks the one that matches --model-config; CMake's GEMMA3_TRAINER_CONFIGS adds more.
+#include <gemma3/config_file.hpp>
+#include <gemma3/configs.hpp>
+#include <gemma3/trainer.hpp>
+
+#include "trainer_configs.hpp"  // generated: the configs of GEMMA3_TRAINER_CONFIGS, as TrainerConfigs
+
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <csignal>
+#include <cstdlib>
+#include <iostream>
+#include <map>
+#include <optional>
+#include <string>
+#include <tuple>
+
+#ifdef GEMMA3_HAVE_CUDA
+#include <gemma3/cuda/runtime.hpp>
+#endif
+
+namespace {
+
+using Compiled = decltype(std::tuple_cat(
+    std::tuple<gemma3::configs::Gemma3_270M, gemma3::configs::Gemma3_270M_Tied, gemma3::configs::Gemma3Tiny>{},
+    TrainerConfigs{}));
+
+template <class C>
+bool matches(const gemma3::ModelConfigFile& file) {
+    try {
+        gemma3::require_matches<C>(file);
+        return true;
+    } catch (const gemma3::ConfigError&) {
+        return false;
+    }
+}
+
+template <class C>
+int train(const gemma3::ModelConfigFile& model, const gemma3::TrainingConfig& training, const gemma3::TrainOptions& options) {
+    if (training.dtype == "float64") {
+        gemma3::Trainer<C, double>(model, training, options).run();
+    } else {
+        gemma3::Trainer<C, float>(model, training, options).run();
+    }
+    return 0;
+}
+
+// Runs the trainer for the first compiled config that matches; returns false if none does.
+template <std::size_t I = 0>
+bool dispatch(const gemma3::ModelConfigFile& model, const gemma3::TrainingConfig& training,
+              const gemma3::TrainOptions& options) {
+    if constexpr (I == std::tuple_size_v<Compiled>) {
+        return false;
+    } else {
+        using C = std::tuple_element_t<I, Compiled>;
+        if (matches<C>(model)) {
+            train<C>(model, training, options);
+            return true;
+        }
+        return dispatch<I + 1>(model, training, options);
+    }
+}
+
+template <std::size_t... I>
+std::string compiled_names(std::index_sequence<I...>) {
+    std::string names;
+    ((names += "  " + std::string(gemma3::config_name<std::tuple_element_t<I, Compiled>>()) + "\n"), ...);
+    return names;
+}
+
+// Device selection: never switch silently.
+std::optional<std::string> device_problem(const std::string& device) {
+    if (device == "cpu") return std::nullopt;
+#ifdef GEMMA3_HAVE_CUDA
+    if (gemma3::cuda::device_count() > 0) {
+        return "device \"cuda\": the CUDA training path is not wired into gemma3-train yet; train on the CPU with "
+               "--device cpu";
+    }
+    return "device \"cuda\" was requested, but no CUDA device is present on this machine. Train on the CPU with "
+           "--device cpu (or set \"device\": \"cpu\" in the training config).";
+#else
+    return "device \"cuda\" was requested, but this gemma3-train was built without CUDA (GEMMA3_CUDA=OFF, or nvcc "
+           "was not found when it was configured). Train on the CPU with --device cpu (or set \"device\": \"cpu\" "
+           "in the training config).";
+#endif
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"Train a Gemma 3 model on token files (the seed's loop)"};
+    std::string model_path = "config/model_config.json", training_path = "config/training_config.json";
+    gemma3::TrainOptions options;
+    std::string data_dir = "data", out_dir = "out", resume_from;
+    bool resume = false;
+    app.add_option("--model-config", model_path, "model config JSON")->capture_default_str();
+    app.add_option("--training-config", training_path, "training config JSON")->capture_default_str();
+    app.add_option("--data-dir", data_dir, "directory with train.bin and validation.bin")->capture_default_str();
+    app.add_option("--out-dir", out_dir, "checkpoints, metrics.jsonl and loss.svg go here")->capture_default_str();
+    app.add_flag("--resume", resume, "continue from <out-dir>/latest");
+    app.add_option("--resume-from", resume_from, "continue from this checkpoint directory");
+    app.add_option("--stop-after", options.stop_after,
+                   "stop after this many iterations, with a checkpoint (continue later with --resume)");
+
+    // Overrides of training_config.json, one flag per field.
+    std::map<std::string, double> numbers;
+    std::map<std::string, std::int64_t> integers;
+    std::map<std::string, std::string> strings;
+    std::map<std::string, CLI::Option*> given;
+    // "--max_iters" and "--max-iters" both work.
+    const auto flag_names = [](std::string field) {
+        std::string names = "--" + field;
+        std::replace(field.begin(), field.end(), '_', '-');
+        return names.find('_') == std::string::npos ? names : names + ",--" + field;
+    };
+    for (const char* f : {"learning_rate", "min_lr", "beta1", "beta2", "adam_eps", "weight_decay", "grad_clip",
+                          "warmup_start_factor"}) {
+        given[f] = app.add_option(flag_names(f), numbers[f], "training config field " + std::string(f));
+    }
+    for (const char* f : {"warmup_steps", "max_iters", "eval_iters", "batch_size", "block_size",
+                          "gradient_accumulation_steps", "eval_interval", "eval_batches", "seed", "log_interval"}) {
+        given[f] = app.add_option(flag_names(f), integers[f], "training config field " + std::string(f));
+    }
+    for (const char* f : {"device", "dtype", "ptdtype"}) {
+        given[f] = app.add_option(flag_names(f), strings[f], "training config field " + std::string(f));
+    }
+    CLI11_PARSE(app, argc, argv);
+
+    try {
+        const auto model = gemma3::load_model_config(model_path);
+        std::vector<std::string> problems;
+        auto training_json = gemma3::detail::parse_config_text(
+            gemma3::detail::read_config_text(training_path, "training config"), training_path, problems);
+        for (auto& [name, option] : given) {
+            if (option->count() == 0) continue;
+            if (numbers.count(name)) training_json[name] = numbers[name];
+            if (integers.count(name)) training_json[name] = integers[name];
+            if (strings.count(name)) training_json[name] = strings[name];
+        }
+        const bool overridden = std::any_of(given.begin(), given.end(), [](auto& g) { return g.second->count() > 0; });
+        const auto training = gemma3::detail::parse_training_config(
+            training_json, training_path + (overridden ? " (with command-line overrides)" : ""), std::move(problems));
+        if (const auto problem = device_problem(training.device)) {
+            std::cerr << "gemma3-train: " << *problem << "\n";
+            return 2;
+        }
+        options.data_dir = data_dir;
+        options.out_dir = out_dir;
+        options.resume = resume || !resume_from.empty();
+        options.resume_from = resume_from;
+        if (!dispatch(model, training, options)) {
+            std::cerr << "gemma3-train: no compiled config type matches " << model_path << ". This program contains:\n"
+                      << compiled_names(std::make_index_sequence<std::tuple_size_v<Compiled>>{})
+                      << "To train another architecture, add its JSON to the CMake list GEMMA3_TRAINER_CONFIGS "
+                         "(cmake -DGEMMA3_TRAINER_CONFIGS=\"path/to/model_config.json\") and rebuild.\n";
+            return 2;
+        }
+    } catch (const std::exception& e) {
+        std::cerr << "gemma3-train: " << e.what() << "\n";
+        return 1;
+    }
+    return 0;
+}

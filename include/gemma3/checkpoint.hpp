@@ -1,0 +1,305 @@
+// Training checkpoints: a directory that Hugging Face transformers loads as it is, plus the state
+// to resume training exactly.
+//
+//   <dir>/model.safetensors      weights, HF Gemma 3 names (fp32 master weights)
+//   <dir>/config.json            HF Gemma3TextConfig (Gemma3ForCausalLM.from_pretrained(dir) works)
+//   <dir>/gemma3_config.json     our model config (config/model_config.json format)
+//   <dir>/optimizer.safetensors  AdamW moments, "exp_avg.<name>" and "exp_avg_sq.<name>"
+//   <dir>/trainer_state.json     iteration, optimizer steps, sampler states, best validation loss,
+//                                and the training config the run used
+//   <dir>/gradients.safetensors  only when saved between two optimizer steps: the gradients
+//                                accumulated so far ("grad.<name>")
+//
+// Safety against a kill at any moment: a checkpoint is written into a fresh directory
+// <out>/checkpoints/iter-NNNNNNNN, every file atomically (temp + fsync + rename), the directory is
+// fsynced, and only then does the symlink <out>/latest (or <out>/best) switch to it, by an atomic
+// rename of a new symlink. Until that rename, `latest` still names the previous complete checkpoint.
+#pragma once
+
+#include "config_file.hpp"
+#include "file_io.hpp"
+#include "optimizer.hpp"
+#include "parameters.hpp"
+#include "safetensors.hpp"
+#include "weights_io.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <set>
+#include <string>
+#include <type_traits>
+
+namespace gemma3 {
+
+class CheckpointError : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+struct TrainerState {
+    std::int64_t iteration = 0;        // the next iteration (micro-batch) to run
+    std::int64_t optimizer_steps = 0;  // AdamW steps taken (bias correction uses this)
+    std::int64_t last_eval_iteration = -1;  // evaluation at this iteration already ran
+    bool pending_gradients = false;    // saved mid-accumulation: gradients.safetensors holds the partial sum
+    double best_val_loss = std::numeric_limits<double>::infinity();
+    std::string train_sampler;         // generator states of the batch samplers
+    std::string eval_train_sampler;
+    std::string eval_val_sampler;
+};
+
+// The Hugging Face config.json for our model config (transformers >= 4.50 field names).
+inline nlohmann::json hf_config_json(const ModelConfigFile& c, std::string_view torch_dtype = "float32") {
+    nlohmann::json layer_types = nlohmann::json::array();
+    for (auto kind : c.layer_types) layer_types.push_back(std::string(attention_kind_name(kind)));
+    return {
+        {"architectures", {"Gemma3ForCausalLM"}},
+        {"model_type", "gemma3_text"},
+        {"vocab_size", c.vocab_size},
+        {"hidden_size", c.emb_dim},
+        {"intermediate_size", c.hidden_dim},
+        {"num_hidden_layers", c.n_layers},
+        {"num_attention_heads", c.n_heads},
+        {"num_key_value_heads", c.n_kv_groups},
+        {"head_dim", c.head_dim},
+        {"max_position_embeddings", c.context_length},
+        {"rms_norm_eps", c.rms_norm_eps},
+        {"query_pre_attn_scalar", c.query_pre_attn_scalar},
+        {"sliding_window", c.sliding_window},
+        {"layer_types", layer_types},
+        {"rope_parameters",
+         {{"sliding_attention", {{"rope_type", "default"}, {"rope_theta", c.rope_local_base}}},
+          {"full_attention", {{"rope_type", "default"}, {"rope_theta", c.rope_base}}}}},
+        {"rope_theta", c.rope_base},                 // older transformers read these two
+        {"rope_local_base_freq", c.rope_local_base},
+        {"tie_word_embeddings", c.tie_word_embeddings},
+        {"hidden_activation", "gelu_pytorch_tanh"},
+        {"attn_logit_softcapping", nullptr},
+        {"final_logit_softcapping", nullptr},
+        {"attention_bias", false},
+        {"attention_dropout", 0.0},
+        {"initializer_range", c.initializer_range},
+        {"pad_token_id", nullptr},  // no padding row: the seed has none
+        {"bos_token_id", nullptr},
+        {"eos_token_id", c.vocab_size == 50257 ? nlohmann::json(50256) : nlohmann::json(nullptr)},  // GPT-2's <|endoftext|>
+        {"use_cache", true},
+        {"dtype", torch_dtype},
+    };
+}
+
+namespace detail {
+
+template <class T>
+TensorSource tensor_source(const T* data, std::size_t n) {
+    return std::span<const T>(data, n);
+}
+
+inline void write_json_atomically(const std::filesystem::path& path, const nlohmann::json& j) {
+    write_file_atomically(path, [&](std::ostream& out) { out << j.dump(2) << "\n"; });
+}
+
+inline nlohmann::json read_json(const std::filesystem::path& path) {
+    std::ifstream in(path);
+    if (!in) throw CheckpointError(path.string() + ": cannot open (incomplete or missing checkpoint?)");
+    try {
+        return nlohmann::json::parse(in);
+    } catch (const nlohmann::json::exception& e) {
+        throw CheckpointError(path.string() + ": not valid JSON: " + e.what());
+    }
+}
+
+// Points the symlink `link` at `target` (a path relative to the link's directory) atomically.
+inline void replace_symlink(const std::filesystem::path& link, const std::filesystem::path& target) {
+    const auto temporary = link.parent_path() / ("." + link.filename().string() + ".tmp." + std::to_string(::getpid()));
+    std::error_code ignored;
+    std::filesystem::remove(temporary, ignored);
+    std::filesystem::create_symlink(target, temporary);
+    std::filesystem::rename(temporary, link);  // rename(2): atomic replacement
+    fsync_directory(link.parent_path());
+}
+
+}  // namespace detail
+
+// Test hook: called with the name of each phase of a checkpoint write ("model", "optimizer",
+// "state", "directory", "link"), before it happens. The trainer's tests use it to kill the process
+// mid-save. Empty by default.
+inline std::function<void(std::string_view phase)>& checkpoint_phase_hook() {
+    static std::function<void(std::string_view)> hook;
+    return hook;
+}
+
+template <ModelConfig C, class T>
+void write_checkpoint_files(const std::filesystem::path& dir, const Parameters<C, T>& params, const AdamW<T>& adamw,
+                            const TrainerState& state, const ModelConfigFile& model_config,
+                            const TrainingConfig& training_config, const Parameters<C, T>* pending_grads) {
+    const auto hook = [](std::string_view phase) {
+        if (checkpoint_phase_hook()) checkpoint_phase_hook()(phase);
+    };
+    std::filesystem::create_directories(dir);
+    const auto tensors = parameter_tensors<C>();
+    const DType stored = std::is_same_v<T, double> ? DType::F64 : DType::F32;
+
+    hook("model");
+    std::vector<TensorToWrite> weights;
+    for (const auto& t : tensors) {
+        weights.push_back({t.name, t.shape, detail::tensor_source(params.data() + t.offset, t.numel()), stored});
+    }
+    write_safetensors(dir / "model.safetensors", weights, {{"format", "pt"}});
+
+    hook("optimizer");
+    std::vector<TensorToWrite> moments;
+    for (const auto& t : tensors) {
+        moments.push_back({"exp_avg." + t.name, t.shape,
+                           detail::tensor_source(adamw.first_moment().data() + t.offset, t.numel()), stored});
+        moments.push_back({"exp_avg_sq." + t.name, t.shape,
+                           detail::tensor_source(adamw.second_moment().data() + t.offset, t.numel()), stored});
+    }
+    write_safetensors(dir / "optimizer.safetensors", moments,
+                      {{"adamw_steps", std::to_string(adamw.steps())}});
+
+    if (pending_grads) {
+        hook("gradients");
+        std::vector<TensorToWrite> grads;
+        for (const auto& t : tensors) {
+            grads.push_back({"grad." + t.name, t.shape, detail::tensor_source(pending_grads->data() + t.offset, t.numel()),
+                             stored});
+        }
+        write_safetensors(dir / "gradients.safetensors", grads);
+    }
+
+    hook("state");
+    if (model_config.qk_norm) {  // HF's Gemma 3 always has q/k norms; without them it cannot load the model
+        detail::write_json_atomically(dir / "config.json", hf_config_json(model_config));
+    }
+    detail::write_json_atomically(dir / "gemma3_config.json", to_json(model_config));
+    nlohmann::json s = {
+        {"format", "gemma3-trainer-state"},
+        {"version", 1},
+        {"config_type", std::string(config_name<C>())},
+        {"scalar", std::is_same_v<T, double> ? "float64" : "float32"},
+        {"iteration", state.iteration},
+        {"optimizer_steps", state.optimizer_steps},
+        {"last_eval_iteration", state.last_eval_iteration},
+        {"pending_gradients", pending_grads != nullptr},
+        {"best_val_loss", std::isfinite(state.best_val_loss) ? nlohmann::json(state.best_val_loss) : nlohmann::json(nullptr)},
+        {"train_sampler", state.train_sampler},
+        {"eval_train_sampler", state.eval_train_sampler},
+        {"eval_val_sampler", state.eval_val_sampler},
+        {"training_config", to_json(training_config)},
+    };
+    detail::write_json_atomically(dir / "trainer_state.json", s);
+    hook("directory");
+    detail::fsync_directory(dir);
+}
+
+// Writes <out>/checkpoints/iter-NNNNNNNN and points <out>/<link_name> at it. Returns the directory.
+template <ModelConfig C, class T>
+std::filesystem::path save_checkpoint(const std::filesystem::path& out_dir, const std::string& link_name,
+                                      const Parameters<C, T>& params, const AdamW<T>& adamw, const TrainerState& state,
+                                      const ModelConfigFile& model_config, const TrainingConfig& training_config,
+                                      const Parameters<C, T>* pending_grads = nullptr) {
+    char name[32];
+    std::snprintf(name, sizeof name, "iter-%08lld", static_cast<long long>(state.iteration));
+    const auto relative = std::filesystem::path("checkpoints") / name;
+    const auto dir = out_dir / relative;
+    // A directory of this name can only be the remains of a save that was interrupted; if a link
+    // points at it, it is complete and current (same iteration, same contents), so reuse it.
+    bool linked = false;
+    for (const char* other : {"latest", "best"}) {
+        std::error_code ec;
+        const auto target = std::filesystem::read_symlink(out_dir / other, ec);
+        if (!ec && target == relative) linked = true;
+    }
+    if (!linked) {
+        std::filesystem::remove_all(dir);
+        write_checkpoint_files(dir, params, adamw, state, model_config, training_config, pending_grads);
+        detail::fsync_directory(dir.parent_path());
+    }
+    if (checkpoint_phase_hook()) checkpoint_phase_hook()("link");
+    detail::replace_symlink(out_dir / link_name, relative);
+    return dir;
+}
+
+// Removes checkpoint directories that neither `latest` nor `best` points at.
+inline void remove_unlinked_checkpoints(const std::filesystem::path& out_dir) {
+    std::set<std::filesystem::path> keep;
+    for (const char* link : {"latest", "best"}) {
+        std::error_code ec;
+        const auto target = std::filesystem::read_symlink(out_dir / link, ec);
+        if (!ec) keep.insert((out_dir / target).lexically_normal());
+    }
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator(out_dir / "checkpoints", ec)) {
+        if (!keep.count(entry.path().lexically_normal())) std::filesystem::remove_all(entry.path(), ec);
+    }
+}
+
+// Restores weights, AdamW moments, the partial gradients (zero unless saved mid-accumulation) and
+// the trainer state from a checkpoint directory written for the same architecture (config C).
+template <ModelConfig C, class T>
+TrainerState load_checkpoint(const std::filesystem::path& dir, Parameters<C, T>& params, AdamW<T>& adamw,
+                             Parameters<C, T>& grads) {
+    if (!std::filesystem::is_directory(dir)) throw CheckpointError(dir.string() + ": no such checkpoint directory");
+    const auto saved_config = parse_model_config(detail::read_json(dir / "gemma3_config.json"),
+                                                 (dir / "gemma3_config.json").string());
+    try {
+        require_matches<C>(saved_config);
+    } catch (const ConfigError& e) {
+        throw CheckpointError(dir.string() + ": the checkpoint was written for a different model:\n" + e.what());
+    }
+    const auto state_json = detail::read_json(dir / "trainer_state.json");
+    TrainerState state;
+    try {
+        if (state_json.at("format") != "gemma3-trainer-state" || state_json.at("version") != 1) {
+            throw CheckpointError((dir / "trainer_state.json").string() + ": unknown format or version");
+        }
+        state.iteration = state_json.at("iteration").get<std::int64_t>();
+        state.optimizer_steps = state_json.at("optimizer_steps").get<std::int64_t>();
+        state.last_eval_iteration = state_json.at("last_eval_iteration").get<std::int64_t>();
+        state.pending_gradients = state_json.at("pending_gradients").get<bool>();
+        const auto& best = state_json.at("best_val_loss");
+        state.best_val_loss = best.is_null() ? std::numeric_limits<double>::infinity() : best.get<double>();
+        state.train_sampler = state_json.at("train_sampler").get<std::string>();
+        state.eval_train_sampler = state_json.at("eval_train_sampler").get<std::string>();
+        state.eval_val_sampler = state_json.at("eval_val_sampler").get<std::string>();
+    } catch (const nlohmann::json::exception& e) {
+        throw CheckpointError((dir / "trainer_state.json").string() + ": malformed: " + e.what());
+    }
+    if (state.iteration < 0 || state.optimizer_steps < 0) {
+        throw CheckpointError((dir / "trainer_state.json").string() + ": negative iteration or step count");
+    }
+
+    // Read everything into temporaries first, so a bad file leaves params and adamw untouched.
+    Parameters<C, T> new_params, new_grads;
+    AdamW<T> new_adamw(params.size(), adamw.settings());
+    try {
+        load_weights(dir / "model.safetensors", new_params);
+        const SafetensorsFile moments(dir / "optimizer.safetensors");
+        for (const auto& t : parameter_tensors<C>()) {
+            moments.read<T>("exp_avg." + t.name, t.shape,
+                            std::span<T>(new_adamw.first_moment().data() + t.offset, t.numel()));
+            moments.read<T>("exp_avg_sq." + t.name, t.shape,
+                            std::span<T>(new_adamw.second_moment().data() + t.offset, t.numel()));
+        }
+        if (state.pending_gradients) {
+            const SafetensorsFile saved_grads(dir / "gradients.safetensors");
+            for (const auto& t : parameter_tensors<C>()) {
+                saved_grads.read<T>("grad." + t.name, t.shape, std::span<T>(new_grads.data() + t.offset, t.numel()));
+            }
+        }
+    } catch (const std::exception& e) {
+        throw CheckpointError(dir.string() + ": cannot load the checkpoint: " + e.what());
+    }
+    new_adamw.set_steps(state.optimizer_steps);
+    params = std::move(new_params);
+    adamw = std::move(new_adamw);
+    grads = std::move(new_grads);
+    return state;
+}
+
+}  // namespace gemma3
