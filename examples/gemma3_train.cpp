@@ -94,6 +94,20 @@ std::optional<std::string> device_problem(const std::string& device) {
 #endif
 }
 
+// Fault injection for the crash-safety tests: GEMMA3_KILL_AT_CHECKPOINT_PHASE="<phase>:<n>" kills
+// this process with SIGKILL when the n-th checkpoint write reaches <phase> (see checkpoint.hpp).
+void install_fault_injection() {
+    const char* spec = std::getenv("GEMMA3_KILL_AT_CHECKPOINT_PHASE");
+    if (!spec) return;
+    const std::string text = spec;
+    const auto colon = text.find(':');
+    const std::string phase = text.substr(0, colon);
+    const int nth = colon == std::string::npos ? 1 : std::stoi(text.substr(colon + 1));
+    gemma3::checkpoint_phase_hook() = [phase, nth, seen = 0](std::string_view reached) mutable {
+        if (reached == phase && ++seen == nth) std::raise(SIGKILL);
+    };
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -134,6 +148,7 @@ int main(int argc, char** argv) {
         given[f] = app.add_option(flag_names(f), strings[f], "training config field " + std::string(f));
     }
     CLI11_PARSE(app, argc, argv);
+    install_fault_injection();
 
     try {
         const auto model = gemma3::load_model_config(model_path);

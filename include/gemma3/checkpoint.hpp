@@ -69,7 +69,10 @@ inline nlohmann::json hf_config_json(const ModelConfigFile& c, std::string_view 
         {"head_dim", c.head_dim},
         {"max_position_embeddings", c.context_length},
         {"rms_norm_eps", c.rms_norm_eps},
-        {"query_pre_attn_scalar", c.query_pre_attn_scalar},
+        // transformers declares this field an int and rejects 64.0.
+        {"query_pre_attn_scalar", c.query_pre_attn_scalar == std::floor(c.query_pre_attn_scalar)
+                                      ? nlohmann::json(static_cast<std::int64_t>(c.query_pre_attn_scalar))
+                                      : nlohmann::json(c.query_pre_attn_scalar)},
         {"sliding_window", c.sliding_window},
         {"layer_types", layer_types},
         {"rope_parameters",

@@ -1,0 +1,238 @@
+// The trainer: token-file validation, exact resume, crash safety of checkpoints (the gemma3-train
+// program killed mid-save), the non-finite guard, and the device check.
+#include <doctest/doctest.h>
+
+#include <gemma3/trainer.hpp>
+
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+using namespace gemma3;
+namespace fs = std::filesystem;
+using Tiny = configs::Gemma3Tiny;
+
+namespace {
+
+fs::path fresh_dir(const std::string& name) {
+    const auto dir = fs::temp_directory_path() / ("gemma3_test_trainer_" + std::to_string(::getpid())) / name;
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    return dir;
+}
+
+void write_tokens(const fs::path& path, const std::vector<std::uint16_t>& ids) {
+    std::ofstream out(path, std::ios::binary);
+    for (auto id : ids) {
+        const unsigned char bytes[2] = {static_cast<unsigned char>(id & 0xFF), static_cast<unsigned char>(id >> 8)};
+        out.write(reinterpret_cast<const char*>(bytes), 2);
+    }
+}
+
+// Token files with some structure to learn (a noisy repeating pattern).
+fs::path make_data(const std::string& name) {
+    const auto dir = fresh_dir(name);
+    std::mt19937 rng(5);
+    for (const char* file : {"train.bin", "validation.bin"}) {
+        std::vector<std::uint16_t> ids(4000);
+        for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::uint16_t>((i * 7 + rng() % 3) % 512);
+        write_tokens(dir / file, ids);
+    }
+    return dir;
+}
+
+TrainingConfig small_training_config() {
+    return parse_training_config(nlohmann::json{{"learning_rate", 3e-3},
+                                                {"warmup_steps", 3},
+                                                {"min_lr", 3e-4},
+                                                {"max_iters", 12},
+                                                {"eval_iters", 4},
+                                                {"eval_batches", 2},
+                                                {"batch_size", 2},
+                                                {"block_size", 16},
+                                                {"gradient_accumulation_steps", 3},
+                                                {"device", "cpu"},
+                                                {"dtype", "float32"},
+                                                {"ptdtype", "float32"},
+                                                {"seed", 7}},
+                                 "test training config");
+}
+
+ModelConfigFile tiny_model_config() {
+    return load_model_config(fs::path(GEMMA3_SOURCE_DIR) / "config" / "tiny_model_config.json");
+}
+
+std::vector<std::string> read_lines(const fs::path& path) {
+    std::ifstream in(path);
+    std::vector<std::string> lines;
+    for (std::string line; std::getline(in, line);) lines.push_back(line);
+    return lines;
+}
+
+// The losses of a metrics file, with their iteration: "train 3 <loss>" / "eval 4 <train> <val>".
+std::vector<std::string> losses(const fs::path& out_dir) {
+    std::vector<std::string> result;
+    for (const auto& line : read_lines(out_dir / "metrics.jsonl")) {
+        const auto r = nlohmann::json::parse(line);
+        std::ostringstream s;
+        s.precision(17);
+        if (r["type"] == "eval") {
+            s << "eval " << r["iter"] << " " << r["train_loss"].get<double>() << " " << r["val_loss"].get<double>();
+        } else {
+            s << "train " << r["iter"] << " " << r["loss"].get<double>();
+        }
+        result.push_back(s.str());
+    }
+    return result;
+}
+
+std::string quiet_run(const fs::path& data, const fs::path& out, std::int64_t stop_after, bool resume,
+                      TrainingConfig config = small_training_config()) {
+    std::ostringstream log;
+    TrainOptions options;
+    options.data_dir = data;
+    options.out_dir = out;
+    options.stop_after = stop_after;
+    options.resume = resume;
+    options.live_line = false;
+    options.log = &log;
+    Trainer<Tiny, float>(tiny_model_config(), config, options).run();
+    return log.str();
+}
+
+}  // namespace
+
+TEST_CASE("token files are validated when opened") {
+    const auto dir = fresh_dir("bad_data");
+    CHECK_THROWS_WITH_AS(TokenFile(dir / "missing.bin", 512, 17), doctest::Contains("no such token file"), DataError);
+    { std::ofstream(dir / "empty.bin"); }
+    CHECK_THROWS_WITH_AS(TokenFile(dir / "empty.bin", 512, 17), doctest::Contains("empty"), DataError);
+    { std::ofstream(dir / "odd.bin") << "abc"; }
+    CHECK_THROWS_WITH_AS(TokenFile(dir / "odd.bin", 512, 17), doctest::Contains("not a multiple of 2"), DataError);
+    write_tokens(dir / "short.bin", std::vector<std::uint16_t>(16, 3));
+    CHECK_THROWS_WITH_AS(TokenFile(dir / "short.bin", 512, 17), doctest::Contains("fewer than the 17"), DataError);
+    std::vector<std::uint16_t> ids(100, 3);
+    ids[42] = 512;
+    write_tokens(dir / "big_id.bin", ids);
+    CHECK_THROWS_WITH_AS(TokenFile(dir / "big_id.bin", 512, 17), doctest::Contains("token 42 is 512"), DataError);
+    ids[42] = 511;
+    write_tokens(dir / "ok.bin", ids);
+    const TokenFile ok(dir / "ok.bin", 512, 17);
+    CHECK(ok.size() == 100);
+    CHECK(ok[42] == 511);
+    // A vocabulary above 65,536 ids uses uint32: 200 bytes are 50 tokens.
+    std::vector<std::uint16_t> halves(100, 0);
+    halves[2 * 7] = 0x1170;  // token 7 = 0x00011170 = 70000, low half first
+    halves[2 * 7 + 1] = 0x0001;
+    write_tokens(dir / "u32.bin", halves);
+    const TokenFile wide(dir / "u32.bin", 70001, 17);
+    CHECK(wide.size() == 50);
+    CHECK(wide[7] == 0x11170);
+    CHECK_THROWS_WITH_AS(TokenFile(dir / "u32.bin", 70000, 17), doctest::Contains("token 7 is 70000"), DataError);
+}
+
+TEST_CASE("stopping and resuming gives bit-identical losses and weights") {
+    const auto data = make_data("resume_data");
+    const auto straight = fresh_dir("straight"), pieces = fresh_dir("pieces");
+    quiet_run(data, straight, -1, false);
+    // Stop at iteration 5: between two optimizer steps (accumulation 3), after the evaluation at 4.
+    const auto first = quiet_run(data, pieces, 5, false);
+    CHECK(first.find("stopped at iteration 5") != std::string::npos);
+    const auto second = quiet_run(data, pieces, -1, true);
+    CHECK(second.find("resumed from") != std::string::npos);
+    CHECK(second.find("at iteration 5") != std::string::npos);
+
+    const auto a = losses(straight), b = losses(pieces);
+    CHECK(a.size() == 12 + 3);  // 12 iterations, evaluations at 4, 8 and 12
+    CHECK(a == b);
+    // The final weights are bit-identical too.
+    const SafetensorsFile wa(straight / "latest" / "model.safetensors"), wb(pieces / "latest" / "model.safetensors");
+    for (const auto& t : wa.tensors()) {
+        const auto x = wa.read_all<float>(t.name), y = wb.read_all<float>(t.name);
+        CHECK(std::memcmp(x.data(), y.data(), x.size() * sizeof(float)) == 0);
+    }
+    // The training learned something: the last evaluation is below the first.
+    const auto lines = read_lines(straight / "metrics.jsonl");
+    CHECK(fs::exists(straight / "loss.svg"));
+    CHECK(fs::is_symlink(straight / "best"));
+}
+
+namespace {
+// Runs build/bin/gemma3-train with `arguments`; returns the wait status.
+int run_train_program(const std::string& arguments, const std::string& environment = "") {
+    // `exec`: the shell becomes the program, so a signal that kills it shows in the status.
+    const std::string command = environment + " exec " GEMMA3_TRAIN_EXE " " + arguments + " > /dev/null 2>&1";
+    return std::system(command.c_str());
+}
+}  // namespace
+
+TEST_CASE("a kill at any phase of a checkpoint write leaves a checkpoint that resumes exactly") {
+    const auto data = make_data("kill_data");
+    const auto dir = fresh_dir("kill_configs");
+    {
+        std::ofstream(dir / "training.json") << to_json(small_training_config()).dump(2);
+    }
+    const std::string common = "--model-config " GEMMA3_SOURCE_DIR "/config/tiny_model_config.json --training-config " +
+                               (dir / "training.json").string() + " --data-dir " + data.string();
+    const auto reference = fresh_dir("kill_reference");
+    REQUIRE(run_train_program(common + " --out-dir " + reference.string()) == 0);
+    const auto want = losses(reference);
+
+    // The second checkpoint is written at iteration 8 (evaluations at 4 and 8); like the first, it
+    // falls between two optimizer steps (accumulation 3), so it has a "gradients" phase too.
+    for (const std::string phase : {"model", "optimizer", "gradients", "state", "directory", "link"}) {
+        CAPTURE(phase);
+        const auto out = fresh_dir("kill_" + phase);
+        const int status = run_train_program(common + " --out-dir " + out.string(),
+                                             "GEMMA3_KILL_AT_CHECKPOINT_PHASE=" + phase + ":2");
+        REQUIRE(WIFSIGNALED(status));
+        CHECK(WTERMSIG(status) == SIGKILL);
+        // `latest` still names a complete checkpoint: the one at iteration 4.
+        REQUIRE(fs::is_symlink(out / "latest"));
+        CHECK(fs::read_symlink(out / "latest") == fs::path("checkpoints") / "iter-00000004");
+        REQUIRE(run_train_program(common + " --out-dir " + out.string() + " --resume") == 0);
+        CHECK(losses(out) == want);
+    }
+}
+
+TEST_CASE("a non-finite loss stops training with the offending tensor named, without a poisoned checkpoint") {
+    const auto data = make_data("nan_data");
+    const auto out = fresh_dir("nan_out");
+    auto config = small_training_config();
+    config.learning_rate = 1e30;  // the first update overflows the weights
+    config.warmup_start_factor = 1.0;
+    config.grad_clip = 0;
+    config.eval_interval = 100;  // no evaluation, so no checkpoint before the failure
+    CHECK_THROWS_WITH_AS(quiet_run(data, out, -1, false, config), doctest::Contains("non-finite"), TrainingError);
+    try {
+        quiet_run(data, fresh_dir("nan_out2"), -1, false, config);
+    } catch (const TrainingError& e) {
+        const std::string message = e.what();
+        CHECK(message.find("model.") != std::string::npos);  // names a tensor
+        CHECK(message.find("no checkpoint was written") != std::string::npos);
+    }
+    CHECK_FALSE(fs::exists(out / "latest"));
+}
+
+TEST_CASE("gemma3-train refuses device cuda where there is none, and says how to train on the CPU") {
+    const std::string output = (fs::temp_directory_path() / ("gemma3_cuda_" + std::to_string(::getpid()))).string();
+    const std::string command = GEMMA3_TRAIN_EXE " --model-config " GEMMA3_SOURCE_DIR
+                                "/config/tiny_model_config.json --training-config " GEMMA3_SOURCE_DIR
+                                "/config/training_config.json > " +
+                                output + " 2>&1";
+    const int status = std::system(command.c_str());
+    REQUIRE(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 2);
+    std::ifstream in(output);
+    const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    CHECK(text.find("--device cpu") != std::string::npos);
+    CHECK(text.find("cuda") != std::string::npos);
+    fs::remove(output);
+}
