@@ -302,22 +302,6 @@ inline std::string supported_dtype_list() {
     return text;
 }
 
-// Edit distance, for suggesting names when a lookup fails.
-inline std::size_t edit_distance(std::string_view a, std::string_view b) {
-    std::vector<std::size_t> row(b.size() + 1);
-    for (std::size_t j = 0; j <= b.size(); ++j) row[j] = j;
-    for (std::size_t i = 1; i <= a.size(); ++i) {
-        std::size_t diagonal = row[0];
-        row[0] = i;
-        for (std::size_t j = 1; j <= b.size(); ++j) {
-            const std::size_t above = row[j];
-            row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] == b[j - 1] ? 0 : 1)});
-            diagonal = above;
-        }
-    }
-    return row[b.size()];
-}
-
 // The non-negative integer held by `value`, or nullopt if it is not one (floats such as 2.0 are
 // refused: the format stores integers).
 inline std::optional<std::uint64_t> non_negative_integer(const nlohmann::json& value) {
@@ -473,7 +457,7 @@ private:
         // Suggest the few closest names: a typo or a naming-convention mismatch is the usual cause.
         std::vector<std::pair<std::size_t, const std::string*>> candidates;
         for (const TensorInfo& info : tensors_)
-            candidates.emplace_back(detail::edit_distance(name.substr(0, 200), std::string_view(info.name).substr(0, 200)),
+            candidates.emplace_back(text::edit_distance(name.substr(0, 200), std::string_view(info.name).substr(0, 200)),
                                     &info.name);
         std::sort(candidates.begin(), candidates.end(),
                   [](const auto& a, const auto& b) { return a.first != b.first ? a.first < b.first : *a.second < *b.second; });

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The README's test command: on a fresh machine, installs what is missing, builds everything and
+# runs every test — a Release build, the same tests under AddressSanitizer + UndefinedBehavior-
+# Sanitizer, and a downstream project built against an installed copy of the library.
+# Exits non-zero as soon as anything fails.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+jobs=$(nproc)
+step() { printf '\n==== %s ====\n' "$*"; }
+
+step "dependencies"
+scripts/install_deps.sh
+scripts/fetch_tokenizer.sh
+scripts/fetch_corpus.sh
+
+step "release build"
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release
+cmake --build build -j "$jobs"
+
+step "tests"
+ctest --test-dir build --output-on-failure
+
+step "tests under AddressSanitizer + UndefinedBehaviorSanitizer"
+cmake -S . -B build/sanitize -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGEMMA3_SANITIZE=ON \
+  -DGEMMA3_BUILD_BENCHMARKS=OFF
+cmake --build build/sanitize -j "$jobs"
+ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+  ctest --test-dir build/sanitize --output-on-failure
+
+step "downstream project against an installed copy"
+rm -rf build/install build/downstream
+cmake --install build --prefix build/install
+cmake -S examples/downstream -B build/downstream -G Ninja -DCMAKE_PREFIX_PATH="$root/build/install"
+cmake --build build/downstream -j "$jobs"
+build/downstream/downstream
+
+step "all tests passed"
