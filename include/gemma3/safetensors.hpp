@@ -12,6 +12,7 @@
 // make it read outside the mapped file.
 #pragma once
 
+#include <gemma3/detail/text.hpp>
 #include <gemma3/file_io.hpp>
 
 #include <nlohmann/json.hpp>
