@@ -1,0 +1,369 @@
+// Text generation on the CPU: a KV cache, chunked prefill, single-token decode and sampling.
+//
+// The cache keeps one K and one V per key/value head (not per query head). A sliding layer keeps a
+// ring buffer of exactly sliding_window positions (slot = position % window): its queries never
+// look further back. A full layer keeps every position and grows as the sequence does, up to
+// context_length. At 32,768 tokens that makes 15 of the seed's 18 layers cost 512 positions each.
+//
+// New tokens are processed in chunks. For each layer, a chunk's queries attend to two sets of keys:
+// the cache as it was before the chunk (positions < p0) and the chunk's own keys; then the chunk's
+// keys and values are written into the cache. So the ring never has to hold more than the window.
+#pragma once
+
+#include "forward.hpp"
+#include "model.hpp"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <random>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace gemma3 {
+
+template <class T>
+struct LayerKvCache {
+    bool ring = false;  // sliding layer: slot = position % limit
+    Index limit = 0;    // most slots this layer ever needs: window (sliding) or context (full)
+    Index width = 0;    // kv_heads * head_dim
+    Index used = 0;     // slots holding a position
+    Buffer<T> k, v;     // [capacity, width]
+    std::vector<std::int32_t> position;  // the position held by each slot
+
+    Index capacity() const { return static_cast<Index>(position.size()); }
+
+    // Makes room for positions [0, end).
+    void reserve(Index end) {
+        const Index need = std::min(end, limit);
+        if (need <= capacity()) return;
+        const Index grown = ring ? limit : std::min(limit, std::max(need, 2 * capacity()));
+        k.resize(static_cast<std::size_t>(grown * width));
+        v.resize(static_cast<std::size_t>(grown * width));
+        position.resize(static_cast<std::size_t>(grown), -1);
+    }
+    Index slot(Index pos) const { return ring ? pos % limit : pos; }
+};
+
+template <ModelConfig C, class T>
+class KvCache {
+public:
+    using D = Dims<C>;
+
+    explicit KvCache(Index max_positions = D::context) : max_positions_(std::min<Index>(max_positions, D::context)) {
+        for (int l = 0; l < D::layers; ++l) {
+            auto& layer = layers_[static_cast<std::size_t>(l)];
+            layer.ring = D::kind(l) == AttentionKind::sliding;
+            layer.limit = layer.ring ? std::min<Index>(D::window, max_positions_) : max_positions_;
+            layer.width = D::kv;
+        }
+    }
+
+    LayerKvCache<T>& layer(int l) { return layers_[static_cast<std::size_t>(l)]; }
+    const LayerKvCache<T>& layer(int l) const { return layers_[static_cast<std::size_t>(l)]; }
+    Index length() const { return length_; }
+    Index max_positions() const { return max_positions_; }
+    void set_length(Index n) { length_ = n; }
+    void reset() {
+        length_ = 0;
+        for (auto& l : layers_) {
+            l.used = 0;
+            std::fill(l.position.begin(), l.position.end(), -1);
+        }
+    }
+
+    // Bytes of K and V holding positions now.
+    std::size_t used_bytes() const {
+        std::size_t slots = 0;
+        for (const auto& l : layers_) slots += static_cast<std::size_t>(l.used);
+        return 2 * slots * static_cast<std::size_t>(D::kv) * sizeof(T);
+    }
+    // Bytes allocated.
+    std::size_t allocated_bytes() const {
+        std::size_t slots = 0;
+        for (const auto& l : layers_) slots += static_cast<std::size_t>(l.capacity());
+        return 2 * slots * static_cast<std::size_t>(D::kv) * sizeof(T);
+    }
+    // The formula: K and V for kv_heads * head_dim values per position, min(window, n) positions on
+    // a sliding layer and n on a full one.
+    static std::size_t bytes_for(Index n) {
+        std::size_t slots = 0;
+        for (int l = 0; l < D::layers; ++l) {
+            slots += static_cast<std::size_t>(D::kind(l) == AttentionKind::sliding ? std::min<Index>(n, D::window) : n);
+        }
+        return 2 * slots * static_cast<std::size_t>(D::kv) * sizeof(T);
+    }
+
+private:
+    Index max_positions_;
+    Index length_ = 0;
+    std::array<LayerKvCache<T>, D::layers> layers_;
+};
+
+// Attention of a chunk of queries at positions [p0, p0 + n) against the cache (positions < p0) and
+// the chunk's own keys. q [n, H*Dh], k_new/v_new [n, Hk*Dh]; out [n, H*Dh].
+template <class T>
+void attention_with_cache(ConstMatrixView<T> q, ConstMatrixView<T> k_new, ConstMatrixView<T> v_new,
+                          const LayerKvCache<T>& cache, Index p0, const AttentionShape& s, MatrixView<T> out) {
+    const Index n = q.rows(), dh = s.head_dim, cached = cache.capacity();
+    const T scale = static_cast<T>(s.scale);
+    const T lowest = std::numeric_limits<T>::lowest();
+#pragma omp parallel for schedule(static)
+    for (Index h = 0; h < s.heads; ++h) {
+        const Index g = h / s.heads_per_kv();
+        const auto qh = sub_view(q, 0, h * dh, n, dh);
+        RowMatrix<T> scores_cache(n, cached), scores_new(n, n);
+        if (cached > 0) {
+            gemm(qh, Op::none, const_view(cache.k.data() + g * dh, cached, dh, cache.width), Op::transpose,
+                 matrix_view(scores_cache.data(), n, cached), scale);
+        }
+        gemm(qh, Op::none, sub_view(k_new, 0, g * dh, n, dh), Op::transpose, matrix_view(scores_new.data(), n, n), scale);
+        for (Index r = 0; r < n; ++r) {
+            const Index i = p0 + r, first = s.first_key(i);
+            T max = lowest;
+            for (Index c = 0; c < cached; ++c) {
+                const Index pos = cache.position[static_cast<std::size_t>(c)];
+                if (pos < first || pos < 0) {
+                    scores_cache(r, c) = lowest;  // marked; becomes exactly 0 below
+                } else {
+                    max = std::max(max, scores_cache(r, c));
+                }
+            }
+            for (Index c = 0; c < n; ++c) {
+                if (c > r || p0 + c < first) {
+                    scores_new(r, c) = lowest;
+                } else {
+                    max = std::max(max, scores_new(r, c));
+                }
+            }
+            T sum = 0;
+            for (Index c = 0; c < cached; ++c) {
+                T& e = scores_cache(r, c);
+                e = e == lowest ? T(0) : std::exp(e - max);
+                sum += e;
+            }
+            for (Index c = 0; c < n; ++c) {
+                T& e = scores_new(r, c);
+                e = e == lowest ? T(0) : std::exp(e - max);
+                sum += e;
+            }
+            scores_cache.row(r) /= sum;
+            scores_new.row(r) /= sum;
+        }
+        auto oh = sub_view(out, 0, h * dh, n, dh);
+        gemm(matrix_view(scores_new.data(), n, n), Op::none, sub_view(v_new, 0, g * dh, n, dh), Op::none, oh);
+        if (cached > 0) {
+            gemm(matrix_view(scores_cache.data(), n, cached), Op::none,
+                 const_view(cache.v.data() + g * dh, cached, dh, cache.width), Op::none, oh, T(1), T(1));
+        }
+    }
+}
+
+// Runs tokens through the model one chunk at a time, keeping a KV cache.
+template <ModelConfig C, class T>
+class Generator {
+public:
+    using D = Dims<C>;
+
+    explicit Generator(const Model<C, Cpu<T>>& model, Index max_positions = D::context, Index chunk = 128)
+        : weights_(model.parameters.weights()), cache_(max_positions), chunk_(chunk) {}
+
+    const KvCache<C, T>& cache() const { return cache_; }
+    Index length() const { return cache_.length(); }
+    void reset() { cache_.reset(); }
+
+    // Appends tokens at positions [length, length + n). Returns the logits of every new token
+    // ([n, vocab]) when all_logits, else of the last one ([1, vocab]).
+    ConstMatrixView<T> append(std::span<const std::int32_t> tokens, bool all_logits = false) {
+        const Index n = static_cast<Index>(tokens.size());
+        if (n == 0) throw std::invalid_argument("Generator::append: no tokens");
+        if (cache_.length() + n > cache_.max_positions()) {
+            throw std::length_error("Generator::append: " + std::to_string(cache_.length() + n) +
+                                    " positions exceed the cache's limit of " + std::to_string(cache_.max_positions()) +
+                                    " (context_length " + std::to_string(D::context) + ")");
+        }
+        check_token_ids(tokens, D::vocab);
+        rope_.template ensure<C>(cache_.length() + n);
+        logits_.resize(static_cast<std::size_t>((all_logits ? n : 1) * D::vocab));
+        for (Index c0 = 0; c0 < n; c0 += chunk_) {
+            const Index m = std::min(chunk_, n - c0);
+            forward_chunk(tokens.subspan(static_cast<std::size_t>(c0), static_cast<std::size_t>(m)));
+            const auto h = const_view(final_.data(), m, D::model);
+            const auto head = const_view(weights_.lm_head, D::vocab, D::model);
+            if (all_logits) {
+                gemm(h, Op::none, head, Op::transpose, matrix_view(logits_.data() + c0 * D::vocab, m, D::vocab));
+            } else if (c0 + m == n) {
+                gemm(row_block(h, m - 1, 1), Op::none, head, Op::transpose, matrix_view(logits_.data(), 1, D::vocab));
+            }
+        }
+        return const_view(logits_.data(), all_logits ? n : 1, D::vocab);
+    }
+
+private:
+    // One chunk of m tokens at positions [p0, p0 + m): the blocks of forward.hpp with attention
+    // against the cache. Leaves the final norm's output in final_.
+    void forward_chunk(std::span<const std::int32_t> tokens) {
+        const Index m = static_cast<Index>(tokens.size()), p0 = cache_.length();
+        const T eps = static_cast<T>(C::rms_norm_eps);
+        resize(m);
+        positions_.resize(static_cast<std::size_t>(m));
+        for (Index i = 0; i < m; ++i) positions_[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(p0 + i);
+        const std::span<const std::int32_t> positions(positions_);
+        const auto nd = [m](T* p) { return matrix_view(p, m, D::model); };
+        const auto cnd = [m](const T* p) { return const_view(p, m, D::model); };
+        embedding_forward<T>(const_view(weights_.embed, D::vocab, D::model), tokens,
+                             static_cast<T>(std::sqrt(double(D::model))), nd(x_.data()));
+        for (int l = 0; l < D::layers; ++l) {
+            const auto& w = weights_.blocks[static_cast<std::size_t>(l)];
+            auto& cache = cache_.layer(l);
+            rmsnorm_forward<T>(cnd(x_.data()), w.input_norm, eps, nd(a_.data()), rstd_.data());
+            linear_forward<T>(cnd(a_.data()), const_view(w.q_proj, D::q, D::model), matrix_view(q_.data(), m, D::q));
+            linear_forward<T>(cnd(a_.data()), const_view(w.k_proj, D::kv, D::model), matrix_view(k_.data(), m, D::kv));
+            linear_forward<T>(cnd(a_.data()), const_view(w.v_proj, D::kv, D::model), matrix_view(v_.data(), m, D::kv));
+            if constexpr (C::qk_norm) {
+                rmsnorm_forward<T>(const_view(q_.data(), m * D::heads, D::head), w.q_norm, eps,
+                                   matrix_view(q_rot_.data(), m * D::heads, D::head), rstd_.data());
+                rmsnorm_forward<T>(const_view(k_.data(), m * D::kv_heads, D::head), w.k_norm, eps,
+                                   matrix_view(k_rot_.data(), m * D::kv_heads, D::head), rstd_.data());
+            } else {
+                q_rot_ = q_;
+                k_rot_ = k_;
+            }
+            const auto& table = rope_.for_kind(D::kind(l));
+            rope_forward<T>(matrix_view(q_rot_.data(), m, D::q), D::head, positions, table);
+            rope_forward<T>(matrix_view(k_rot_.data(), m, D::kv), D::head, positions, table);
+            attention_with_cache<T>(const_view(q_rot_.data(), m, D::q), const_view(k_rot_.data(), m, D::kv),
+                                    const_view(v_.data(), m, D::kv), cache, p0,
+                                    attention_shape<C, T>(l, 1, p0 + m), matrix_view(attn_.data(), m, D::q));
+            append_to_cache(cache, p0, m);
+            linear_forward<T>(const_view(attn_.data(), m, D::q), const_view(w.o_proj, D::model, D::q), nd(proj_.data()));
+            rmsnorm_forward<T>(cnd(proj_.data()), w.post_attention_norm, eps, nd(a_.data()), rstd_.data());
+            nd(x_.data()) += cnd(a_.data());
+            rmsnorm_forward<T>(cnd(x_.data()), w.pre_feedforward_norm, eps, nd(a_.data()), rstd_.data());
+            linear_forward<T>(cnd(a_.data()), const_view(w.gate_proj, D::ffn, D::model), matrix_view(gate_.data(), m, D::ffn));
+            linear_forward<T>(cnd(a_.data()), const_view(w.up_proj, D::ffn, D::model), matrix_view(up_.data(), m, D::ffn));
+            geglu_forward<T>(const_view(gate_.data(), m, D::ffn), const_view(up_.data(), m, D::ffn),
+                             matrix_view(gate_.data(), m, D::ffn));
+            linear_forward<T>(const_view(gate_.data(), m, D::ffn), const_view(w.down_proj, D::model, D::ffn), nd(proj_.data()));
+            rmsnorm_forward<T>(cnd(proj_.data()), w.post_feedforward_norm, eps, nd(a_.data()), rstd_.data());
+            nd(x_.data()) += cnd(a_.data());
+        }
+        rmsnorm_forward<T>(cnd(x_.data()), weights_.final_norm, eps, nd(final_.data()), rstd_.data());
+        cache_.set_length(p0 + m);
+    }
+
+    void append_to_cache(LayerKvCache<T>& cache, Index p0, Index m) {
+        cache.reserve(p0 + m);
+        for (Index r = 0; r < m; ++r) {
+            const Index pos = p0 + r, slot = cache.slot(pos);
+            if (cache.position[static_cast<std::size_t>(slot)] < 0) ++cache.used;
+            cache.position[static_cast<std::size_t>(slot)] = static_cast<std::int32_t>(pos);
+            std::copy_n(k_rot_.data() + r * D::kv, D::kv, cache.k.data() + slot * D::kv);
+            std::copy_n(v_.data() + r * D::kv, D::kv, cache.v.data() + slot * D::kv);
+        }
+    }
+
+    void resize(Index m) {
+        const auto n = static_cast<std::size_t>(m);
+        for (auto* b : {&x_, &a_, &proj_, &final_}) b->resize(n * D::model);
+        for (auto* b : {&q_, &q_rot_, &attn_}) b->resize(n * D::q);
+        for (auto* b : {&k_, &k_rot_, &v_}) b->resize(n * D::kv);
+        for (auto* b : {&gate_, &up_}) b->resize(n * D::ffn);
+        rstd_.resize(n * D::heads);
+    }
+
+    Weights<C, const T> weights_;
+    KvCache<C, T> cache_;
+    Index chunk_;
+    RopeTables<T> rope_;
+    std::vector<std::int32_t> positions_;
+    Buffer<T> x_, a_, proj_, final_, q_, q_rot_, attn_, k_, k_rot_, v_, gate_, up_, rstd_, logits_;
+};
+
+// ------------------------------------------------------------------------------------------------
+// Sampling
+
+struct SamplingSettings {
+    double temperature = 1.0;  // 0: greedy (argmax)
+    int top_k = 0;             // keep the k most likely tokens; 0: all
+    double top_p = 1.0;        // keep the smallest set whose probability reaches p; 1: all
+    std::uint64_t seed = 0;
+};
+
+class TokenSampler {
+public:
+    explicit TokenSampler(SamplingSettings settings) : settings_(settings), rng_(settings.seed) {
+        if (!(settings.temperature >= 0)) throw std::invalid_argument("temperature must be >= 0");
+        if (settings.top_k < 0) throw std::invalid_argument("top_k must be >= 0");
+        if (!(settings.top_p > 0 && settings.top_p <= 1)) throw std::invalid_argument("top_p must be in (0, 1]");
+    }
+
+    template <class T>
+    std::int32_t sample(std::span<const T> logits) {
+        const auto vocab = static_cast<std::int32_t>(logits.size());
+        if (settings_.temperature == 0) {
+            return static_cast<std::int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+        }
+        candidates_.resize(logits.size());
+        for (std::int32_t i = 0; i < vocab; ++i) candidates_[static_cast<std::size_t>(i)] = {static_cast<double>(logits[static_cast<std::size_t>(i)]) / settings_.temperature, i};
+        const auto by_logit = [](const auto& a, const auto& b) { return a.first > b.first || (a.first == b.first && a.second < b.second); };
+        std::size_t keep = candidates_.size();
+        if (settings_.top_k > 0 && static_cast<std::size_t>(settings_.top_k) < keep) {
+            keep = static_cast<std::size_t>(settings_.top_k);
+            std::partial_sort(candidates_.begin(), candidates_.begin() + static_cast<std::ptrdiff_t>(keep), candidates_.end(), by_logit);
+        } else {
+            std::sort(candidates_.begin(), candidates_.end(), by_logit);
+        }
+        const double max = candidates_[0].first;
+        double total = 0;
+        for (std::size_t i = 0; i < keep; ++i) total += (candidates_[i].first = std::exp(candidates_[i].first - max));
+        if (settings_.top_p < 1) {  // candidates are sorted by probability
+            double cumulative = 0;
+            std::size_t i = 0;
+            while (i < keep && cumulative < settings_.top_p * total) cumulative += candidates_[i++].first;
+            keep = std::max<std::size_t>(i, 1);
+            total = cumulative;
+        }
+        // Uniform in [0, total) from 53 random bits.
+        const double u = static_cast<double>(rng_() >> 11) * 0x1.0p-53 * total;
+        double cumulative = 0;
+        for (std::size_t i = 0; i < keep; ++i) {
+            cumulative += candidates_[i].first;
+            if (u < cumulative) return candidates_[i].second;
+        }
+        return candidates_[keep - 1].second;
+    }
+
+private:
+    SamplingSettings settings_;
+    std::mt19937_64 rng_;
+    std::vector<std::pair<double, std::int32_t>> candidates_;
+};
+
+// Prefills `prompt`, then samples up to max_new_tokens, calling on_token for each new token as it
+// is produced. Stops early at stop_token (not emitted) when it is >= 0. Returns the new tokens.
+template <ModelConfig C, class T>
+std::vector<std::int32_t> generate(Generator<C, T>& generator, std::span<const std::int32_t> prompt, Index max_new_tokens,
+                                   TokenSampler& sampler, std::int32_t stop_token,
+                                   const std::function<void(std::int32_t)>& on_token = {}) {
+    std::vector<std::int32_t> out;
+    if (max_new_tokens <= 0) return out;
+    const auto sample = [&](ConstMatrixView<T> logits) {
+        return sampler.sample(std::span<const T>(logits.data(), static_cast<std::size_t>(logits.cols())));
+    };
+    std::int32_t next = sample(generator.append(prompt));
+    for (Index i = 0; i < max_new_tokens && next != stop_token; ++i) {
+        out.push_back(next);
+        if (on_token) on_token(next);
+        if (i + 1 == max_new_tokens || generator.length() >= generator.cache().max_positions()) break;
+        next = sample(generator.append(std::span<const std::int32_t>(&out.back(), 1)));
+    }
+    return out;
+}
+
+}  // namespace gemma3
