@@ -6,12 +6,12 @@
 //   build/bin/gemma3-train ... --resume            # continue from <out-dir>/latest
 //
 // The model's shapes are compile-time constants, so the program contains a set of compiled config
-// types and picks the one that matches --model-config; CMake's GEMMA3_TRAINER_CONFIGS adds more.
+// types and picks the one that matches --model-config (compiled_configs.hpp).
 #include <gemma3/config_file.hpp>
 #include <gemma3/configs.hpp>
 #include <gemma3/trainer.hpp>
 
-#include "trainer_configs.hpp"  // generated: the configs of GEMMA3_TRAINER_CONFIGS, as TrainerConfigs
+#include "compiled_configs.hpp"
 
 #include <CLI/CLI.hpp>
 
@@ -30,51 +30,13 @@
 
 namespace {
 
-using Compiled = decltype(std::tuple_cat(
-    std::tuple<gemma3::configs::Gemma3_270M, gemma3::configs::Gemma3_270M_Tied, gemma3::configs::Gemma3Tiny>{},
-    TrainerConfigs{}));
-
 template <class C>
-bool matches(const gemma3::ModelConfigFile& file) {
-    try {
-        gemma3::require_matches<C>(file);
-        return true;
-    } catch (const gemma3::ConfigError&) {
-        return false;
-    }
-}
-
-template <class C>
-int train(const gemma3::ModelConfigFile& model, const gemma3::TrainingConfig& training, const gemma3::TrainOptions& options) {
+void train(const gemma3::ModelConfigFile& model, const gemma3::TrainingConfig& training, const gemma3::TrainOptions& options) {
     if (training.dtype == "float64") {
         gemma3::Trainer<C, double>(model, training, options).run();
     } else {
         gemma3::Trainer<C, float>(model, training, options).run();
     }
-    return 0;
-}
-
-// Runs the trainer for the first compiled config that matches; returns false if none does.
-template <std::size_t I = 0>
-bool dispatch(const gemma3::ModelConfigFile& model, const gemma3::TrainingConfig& training,
-              const gemma3::TrainOptions& options) {
-    if constexpr (I == std::tuple_size_v<Compiled>) {
-        return false;
-    } else {
-        using C = std::tuple_element_t<I, Compiled>;
-        if (matches<C>(model)) {
-            train<C>(model, training, options);
-            return true;
-        }
-        return dispatch<I + 1>(model, training, options);
-    }
-}
-
-template <std::size_t... I>
-std::string compiled_names(std::index_sequence<I...>) {
-    std::string names;
-    ((names += "  " + std::string(gemma3::config_name<std::tuple_element_t<I, Compiled>>()) + "\n"), ...);
-    return names;
 }
 
 // Device selection: never switch silently.
@@ -172,11 +134,10 @@ int main(int argc, char** argv) {
         options.out_dir = out_dir;
         options.resume = resume || !resume_from.empty();
         options.resume_from = resume_from;
-        if (!dispatch(model, training, options)) {
-            std::cerr << "gemma3-train: no compiled config type matches " << model_path << ". This program contains:\n"
-                      << compiled_names(std::make_index_sequence<std::tuple_size_v<Compiled>>{})
-                      << "To train another architecture, add its JSON to the CMake list GEMMA3_TRAINER_CONFIGS "
-                         "(cmake -DGEMMA3_TRAINER_CONFIGS=\"path/to/model_config.json\") and rebuild.\n";
+        const bool found = gemma3::programs::with_compiled_config(
+            model, [&]<class C>() { train<C>(model, training, options); });
+        if (!found) {
+            std::cerr << "gemma3-train: " << gemma3::programs::no_compiled_config_message(model_path, "gemma3-train") << "\n";
             return 2;
         }
     } catch (const std::exception& e) {

@@ -1,0 +1,159 @@
+// gemma3-generate: text from a trained model, with a KV cache.
+//
+//   build/bin/gemma3-generate --checkpoint out/demo/best --prompt "And God said" \
+//       --max-new-tokens 100 --temperature 0.8 --top-k 40
+//
+// Loads checkpoints written by gemma3-train and Hugging Face directories (config.json +
+// model.safetensors) of an architecture the program was compiled for (compiled_configs.hpp).
+// Tokens stream to stdout as they are produced; timing goes to stderr.
+#include <gemma3/checkpoint.hpp>
+#include <gemma3/generation.hpp>
+#include <gemma3/tokenizer.hpp>
+
+#include "compiled_configs.hpp"
+
+#include <CLI/CLI.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace {
+
+struct Options {
+    std::string checkpoint;
+    std::string prompt;
+    std::string prompt_ids;
+    std::string tokenizer = "data/gpt2.tiktoken";
+    std::string logits_out;
+    int max_new_tokens = 200;
+    int num_samples = 1;
+    bool no_stop = false;
+    gemma3::SamplingSettings sampling{0.8, 0, 1.0, 1234};
+};
+
+std::vector<std::int32_t> parse_ids(const std::string& text) {
+    std::vector<std::int32_t> ids;
+    std::istringstream in(text);
+    std::string word;
+    while (in >> word) {
+        std::size_t used = 0;
+        long value = -1;
+        try {
+            value = std::stol(word, &used);
+        } catch (const std::exception&) {
+            used = 0;
+        }
+        if (used != word.size() || value < 0 || value > INT32_MAX) {
+            throw std::invalid_argument("--prompt-ids: \"" + word + "\" is not a token id");
+        }
+        ids.push_back(static_cast<std::int32_t>(value));
+    }
+    return ids;
+}
+
+template <class C>
+int run(const Options& o, const gemma3::Tokenizer* tokenizer, std::vector<std::int32_t> prompt) {
+    using Model = gemma3::Model<C, gemma3::Cpu<float>>;
+    auto model = std::make_unique<Model>();
+    model->load(std::filesystem::path(o.checkpoint) / "model.safetensors");
+
+    if (!o.logits_out.empty()) {  // the prompt's logits, for comparison with another implementation
+        const auto logits = model->forward(prompt, 1, static_cast<gemma3::Index>(prompt.size()));
+        const std::vector<std::int64_t> shape = {logits.rows(), logits.cols()};
+        const std::vector<gemma3::TensorToWrite> tensors = {
+            {"input_ids", {static_cast<std::int64_t>(prompt.size())}, std::span<const std::int32_t>(prompt), gemma3::DType::I32},
+            {"logits", shape, std::span<const float>(logits.data(), static_cast<std::size_t>(logits.size())), gemma3::DType::F32}};
+        gemma3::write_safetensors(o.logits_out, tensors);
+        std::cerr << "wrote the logits of " << prompt.size() << " prompt tokens to " << o.logits_out << "\n";
+        return 0;
+    }
+
+    const std::int32_t stop = o.no_stop || !tokenizer ? -1 : tokenizer->eot_token();
+    const gemma3::Index max_positions =
+        std::min<gemma3::Index>(C::context_length, static_cast<gemma3::Index>(prompt.size()) + o.max_new_tokens);
+    for (int sample = 0; sample < o.num_samples; ++sample) {
+        gemma3::Generator<C, float> generator(*model, max_positions);
+        auto settings = o.sampling;
+        settings.seed += static_cast<std::uint64_t>(sample);
+        gemma3::TokenSampler sampler(settings);
+        if (o.num_samples > 1) std::cout << "--- sample " << sample + 1 << " ---\n";
+        if (tokenizer) std::cout << tokenizer->decode(prompt) << std::flush;
+        const auto start = std::chrono::steady_clock::now();
+        std::chrono::steady_clock::time_point first_token;
+        const auto tokens = gemma3::generate(generator, prompt, o.max_new_tokens, sampler, stop, [&](std::int32_t t) {
+            if (first_token == std::chrono::steady_clock::time_point{}) first_token = std::chrono::steady_clock::now();
+            if (tokenizer) {
+                const auto bytes = tokenizer->token_bytes(t);
+                std::cout.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+            } else {
+                std::cout << t << " ";
+            }
+            std::cout << std::flush;
+        });
+        const auto end = std::chrono::steady_clock::now();
+        std::cout << "\n";
+        const double prefill = std::chrono::duration<double>(first_token - start).count();
+        const double decode = std::chrono::duration<double>(end - first_token).count();
+        std::fprintf(stderr, "[%zu prompt tokens in %.2f s (%.0f tok/s); %zu new tokens, %.1f tok/s]\n", prompt.size(),
+                     prefill, prompt.size() / std::max(prefill, 1e-9), tokens.size(),
+                     tokens.size() > 1 ? (tokens.size() - 1) / std::max(decode, 1e-9) : 0.0);
+    }
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"Generate text with a Gemma 3 model (KV cache; temperature, top-k, top-p sampling)"};
+    Options o;
+    app.add_option("--checkpoint", o.checkpoint, "checkpoint directory (gemma3-train or Hugging Face)")->required();
+    app.add_option("--prompt", o.prompt, "prompt text");
+    app.add_option("--prompt-ids", o.prompt_ids, "prompt as space-separated token ids (instead of --prompt)");
+    app.add_option("--tokenizer", o.tokenizer, "GPT-2 ranks in tiktoken format")->capture_default_str();
+    app.add_option("--max-new-tokens", o.max_new_tokens, "tokens to generate")->capture_default_str()->check(CLI::NonNegativeNumber);
+    app.add_option("--temperature", o.sampling.temperature, "0 = greedy")->capture_default_str()->check(CLI::NonNegativeNumber);
+    app.add_option("--top-k", o.sampling.top_k, "keep the k most likely tokens (0 = all)")->capture_default_str()->check(CLI::NonNegativeNumber);
+    app.add_option("--top-p", o.sampling.top_p, "nucleus sampling threshold")->capture_default_str()->check(CLI::Range(1e-9, 1.0));
+    app.add_option("--seed", o.sampling.seed, "sampling seed")->capture_default_str();
+    app.add_option("--num-samples", o.num_samples, "independent samples")->capture_default_str()->check(CLI::PositiveNumber);
+    app.add_flag("--no-stop", o.no_stop, "do not stop at <|endoftext|>");
+    app.add_option("--logits-out", o.logits_out, "write the prompt's logits to this safetensors file and exit");
+    CLI11_PARSE(app, argc, argv);
+
+    try {
+        const auto config = gemma3::checkpoint_model_config(o.checkpoint);
+        std::unique_ptr<gemma3::Tokenizer> tokenizer;
+        std::vector<std::int32_t> prompt;
+        if (!o.prompt_ids.empty()) {
+            prompt = parse_ids(o.prompt_ids);
+        } else {
+            if (config.vocab_size != 50257) {
+                throw std::invalid_argument("the model's vocabulary has " + std::to_string(config.vocab_size) +
+                                            " tokens, not GPT-2's 50257: give the prompt as --prompt-ids");
+            }
+            tokenizer = std::make_unique<gemma3::Tokenizer>(gemma3::Tokenizer::from_tiktoken_file(o.tokenizer));
+            prompt = tokenizer->encode_ordinary(o.prompt.empty() ? "\n" : o.prompt);
+        }
+        if (config.vocab_size == 50257 && !tokenizer && o.logits_out.empty() && std::filesystem::exists(o.tokenizer)) {
+            tokenizer = std::make_unique<gemma3::Tokenizer>(gemma3::Tokenizer::from_tiktoken_file(o.tokenizer));
+        }
+        if (prompt.empty()) throw std::invalid_argument("the prompt has no tokens");
+        int status = 0;
+        const bool found = gemma3::programs::with_compiled_config(
+            config, [&]<class C>() { status = run<C>(o, tokenizer.get(), prompt); });
+        if (!found) {
+            std::cerr << "gemma3-generate: " << gemma3::programs::no_compiled_config_message(o.checkpoint, "gemma3-generate")
+                      << "\n";
+            return 2;
+        }
+        return status;
+    } catch (const std::exception& e) {
+        std::cerr << "gemma3-generate: " << e.what() << "\n";
+        return 1;
+    }
+}
