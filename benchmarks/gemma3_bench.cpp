@@ -1,0 +1,215 @@
+// gemma3-bench: end-to-end speed of the CPU back end and this machine's limits, measured in one run.
+//
+//   build/bin/gemma3-bench --config seed --batch 4 --seq 128 --mode all
+//
+// Modes (one per process when peak memory matters; benchmarks/compare.py runs them that way):
+//   limits    sgemm GFLOP/s at the model's matrix shapes (M = batch*seq) and copy bandwidth (GB/s)
+//   forward   logits for batch x seq tokens: tokens/s, GFLOP/s
+//   train     forward + backward + AdamW: tokens/s, GFLOP/s
+//   decode    one sequence: a prompt of seq tokens, then new tokens one at a time with the KV cache
+// Each mode prints one JSON object per line (and a readable line on stderr). Times are the median
+// of --repeats runs after --warmup runs. Peak RSS is the process's (getrusage).
+#include <gemma3/configs.hpp>
+#include <gemma3/footprint.hpp>
+#include <gemma3/generation.hpp>
+#include <gemma3/model.hpp>
+#include <gemma3/optimizer.hpp>
+
+#include "trainer_configs.hpp"
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+#include <omp.h>
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <functional>
+#include <iostream>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct Settings {
+    std::int64_t batch = 4, seq = 128, decode_tokens = 64;
+    int warmup = 1, repeats = 5;
+};
+
+double median_seconds(int warmup, int repeats, const std::function<void()>& run) {
+    for (int i = 0; i < warmup; ++i) run();
+    std::vector<double> t;
+    for (int i = 0; i < repeats; ++i) {
+        const auto start = Clock::now();
+        run();
+        t.push_back(std::chrono::duration<double>(Clock::now() - start).count());
+    }
+    std::sort(t.begin(), t.end());
+    return t[t.size() / 2];
+}
+
+double peak_rss_mib() {
+    rusage usage{};
+    getrusage(RUSAGE_SELF, &usage);
+    return static_cast<double>(usage.ru_maxrss) / 1024.0;
+}
+
+void report(nlohmann::json j) {
+    j["peak_rss_mib"] = peak_rss_mib();
+    j["threads"] = omp_get_max_threads();
+    std::cout << j.dump() << std::endl;
+}
+
+std::vector<std::int32_t> random_tokens(std::int64_t n, int vocab, unsigned seed) {
+    std::mt19937 rng(seed);
+    std::vector<std::int32_t> t(static_cast<std::size_t>(n));
+    for (auto& x : t) x = static_cast<std::int32_t>(rng() % static_cast<unsigned>(vocab));
+    return t;
+}
+
+// sgemm at the shapes of the model's products, weighted by how often training performs them, and
+// copy bandwidth: the two limits the end-to-end numbers are compared with.
+template <class C>
+void limits(const Settings& s) {
+    using D = gemma3::Dims<C>;
+    const gemma3::Index m = s.batch * s.seq;
+    struct Shape {
+        gemma3::Index k, n;
+        double weight;  // products of this shape per layer (or per model for the head)
+    };
+    const std::vector<Shape> shapes = {{D::model, D::q, D::layers},   {D::model, D::kv, 2.0 * D::layers},
+                                       {D::q, D::model, D::layers},   {D::model, D::ffn, 2.0 * D::layers},
+                                       {D::ffn, D::model, D::layers}, {D::model, D::vocab, 1}};
+    double flops = 0, seconds = 0;
+    nlohmann::json per_shape = nlohmann::json::array();
+    for (const auto& sh : shapes) {
+        gemma3::RowMatrix<float> a = gemma3::RowMatrix<float>::Random(m, sh.k), w = gemma3::RowMatrix<float>::Random(sh.n, sh.k),
+                                 c(m, sh.n);
+        const double t = median_seconds(s.warmup, s.repeats, [&] {
+            gemma3::gemm(a, gemma3::Op::none, w, gemma3::Op::transpose, c);
+        });
+        const double f = 2.0 * static_cast<double>(m * sh.k * sh.n);
+        per_shape.push_back({{"m", m}, {"k", sh.k}, {"n", sh.n}, {"gflops", f / t / 1e9}});
+        flops += f * sh.weight;
+        seconds += t * sh.weight;
+    }
+    const std::size_t bytes = std::size_t{512} << 20;
+    std::vector<char> src(bytes, 1), dst(bytes, 0);
+    const double copy_t = median_seconds(s.warmup, s.repeats, [&] {
+#pragma omp parallel
+        {
+            const std::size_t nt = static_cast<std::size_t>(omp_get_num_threads()), id = static_cast<std::size_t>(omp_get_thread_num());
+            const std::size_t chunk = bytes / nt;
+            std::memcpy(dst.data() + id * chunk, src.data() + id * chunk, chunk);
+        }
+    });
+    const double sgemm = flops / seconds / 1e9, copy = 2.0 * bytes / copy_t / 1e9;  // read + write
+    std::cerr << "limits: sgemm " << sgemm << " GFLOP/s at the model's shapes (M=" << m << "), copy " << copy << " GB/s\n";
+    report({{"mode", "limits"}, {"sgemm_gflops", sgemm}, {"copy_gbps", copy}, {"shapes", per_shape}});
+}
+
+template <class C>
+void forward(const Settings& s) {
+    auto model = std::make_unique<gemma3::Model<C, gemma3::Cpu<float>>>();
+    model->init(gemma3::InitScheme::hf, 0.02, 1);
+    const auto tokens = random_tokens(s.batch * s.seq, C::vocab_size, 2);
+    const double t = median_seconds(s.warmup, s.repeats, [&] { model->forward(tokens, s.batch, s.seq); });
+    const double n = static_cast<double>(s.batch * s.seq);
+    const double flops = gemma3::training_flops_per_token(gemma3::config_file_of<C>(), s.seq) / 3.0 * n;
+    std::cerr << "forward: " << n / t << " tokens/s, " << flops / t / 1e9 << " GFLOP/s\n";
+    report({{"mode", "forward"}, {"tokens_per_s", n / t}, {"gflops", flops / t / 1e9}, {"seconds", t}});
+}
+
+template <class C>
+void train(const Settings& s) {
+    auto model = std::make_unique<gemma3::Model<C, gemma3::Cpu<float>>>();
+    model->init(gemma3::InitScheme::hf, 0.02, 1);
+    auto grads = std::make_unique<gemma3::Parameters<C, float>>();
+    gemma3::AdamW<float> adamw(grads->size(), {});
+    const auto tokens = random_tokens(s.batch * s.seq, C::vocab_size, 3);
+    const auto targets = random_tokens(s.batch * s.seq, C::vocab_size, 4);
+    double forward_backward_t = 0, optimizer_t = 0;
+    const double t = median_seconds(s.warmup, s.repeats, [&] {
+        const auto t0 = Clock::now();
+        grads->set_zero();
+        model->forward_backward(tokens, targets, s.batch, s.seq, *grads);
+        const auto t1 = Clock::now();
+        gemma3::clip_grad_norm(grads->data(), grads->size(), 1.0);
+        adamw.step(model->parameters.data(), grads->data(), 1e-4);
+        const auto t2 = Clock::now();
+        forward_backward_t = std::chrono::duration<double>(t1 - t0).count();
+        optimizer_t = std::chrono::duration<double>(t2 - t1).count();
+    });
+    const double n = static_cast<double>(s.batch * s.seq);
+    const double flops = gemma3::training_flops_per_token(gemma3::config_file_of<C>(), s.seq) * n;
+    std::cerr << "train: " << n / t << " tokens/s, " << flops / t / 1e9 << " GFLOP/s (forward+backward "
+              << forward_backward_t << " s, clip+AdamW " << optimizer_t << " s)\n";
+    report({{"mode", "train"},
+            {"tokens_per_s", n / t},
+            {"gflops", flops / t / 1e9},
+            {"seconds", t},
+            {"forward_backward_s", forward_backward_t},
+            {"optimizer_s", optimizer_t}});
+}
+
+template <class C>
+void decode(const Settings& s) {
+    auto model = std::make_unique<gemma3::Model<C, gemma3::Cpu<float>>>();
+    model->init(gemma3::InitScheme::hf, 0.02, 1);
+    const auto prompt = random_tokens(s.seq, C::vocab_size, 5);
+    double per_token = 0;
+    median_seconds(s.warmup, s.repeats, [&] {
+        gemma3::Generator<C, float> generator(*model, s.seq + s.decode_tokens + 1);
+        generator.append(prompt);
+        std::int32_t next = 1;
+        const auto start = Clock::now();
+        for (std::int64_t i = 0; i < s.decode_tokens; ++i) {
+            const auto logits = generator.append(std::span<const std::int32_t>(&next, 1));
+            gemma3::Index arg = 0;
+            logits.row(0).maxCoeff(&arg);
+            next = static_cast<std::int32_t>(arg);
+        }
+        per_token = std::chrono::duration<double>(Clock::now() - start).count() / static_cast<double>(s.decode_tokens);
+    });
+    // Bytes a decode step must read: every weight matrix once (the embedding only one row).
+    const auto counts = gemma3::count_parameters(gemma3::config_file_of<C>());
+    const double bytes = 4.0 * static_cast<double>(counts.total - counts.embedding + (C::tie_word_embeddings ? counts.embedding : 0));
+    std::cerr << "decode: " << 1 / per_token << " tokens/s after a " << s.seq << "-token prompt (" << bytes / 1e6
+              << " MB of weights per token)\n";
+    report({{"mode", "decode"}, {"tokens_per_s", 1 / per_token}, {"weight_bytes_per_token", bytes}, {"prompt", s.seq}});
+}
+
+template <class C>
+int run(const std::string& mode, const Settings& s) {
+    if (mode == "limits" || mode == "all") limits<C>(s);
+    if (mode == "forward" || mode == "all") forward<C>(s);
+    if (mode == "train" || mode == "all") train<C>(s);
+    if (mode == "decode" || mode == "all") decode<C>(s);
+    return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"gemma3 CPU benchmarks"};
+    std::string config = "seed", mode = "all";
+    Settings s;
+    app.add_option("--config", config, "seed | tiny | demo")->check(CLI::IsMember({"seed", "tiny", "demo"}))->capture_default_str();
+    app.add_option("--mode", mode, "limits | forward | train | decode | all")
+        ->check(CLI::IsMember({"limits", "forward", "train", "decode", "all"}))
+        ->capture_default_str();
+    app.add_option("--batch", s.batch)->capture_default_str()->check(CLI::PositiveNumber);
+    app.add_option("--seq", s.seq)->capture_default_str()->check(CLI::PositiveNumber);
+    app.add_option("--decode-tokens", s.decode_tokens)->capture_default_str()->check(CLI::PositiveNumber);
+    app.add_option("--warmup", s.warmup)->capture_default_str();
+    app.add_option("--repeats", s.repeats)->capture_default_str()->check(CLI::PositiveNumber);
+    CLI11_PARSE(app, argc, argv);
+    if (config == "seed") return run<gemma3::configs::Gemma3_270M>(mode, s);
+    if (config == "tiny") return run<gemma3::configs::Gemma3Tiny>(mode, s);
+    return run<gemma3::configs::Trainer_demo_model_config>(mode, s);
+}
