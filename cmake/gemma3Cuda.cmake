@@ -1,0 +1,136 @@
+# CUDA support of gemma3.
+#
+# GEMMA3_CUDA (set in the top-level CMakeLists.txt) chooses the device build:
+#   AUTO (default)  on if nvcc and the CUDA toolkit (with cuBLASLt) are found
+#   ON              required: configuring fails without them
+#   OFF             no device build
+# GEMMA3_CUDA_ENABLED tells the result. When on: the CUDA language is enabled for sm_80 and sm_90
+# (CMAKE_CUDA_ARCHITECTURES "80;90" unless set), and gemma3::cuda carries the runtime and cuBLASLt.
+#
+# The CPU emulator needs no CUDA toolkit: gemma3::cuda_emulation (Boost.Context from Debian's
+# libboost-context-dev) compiles kernel source with the host compiler. gemma3_add_cuda_test() builds
+# a kernel test for the emulator always, and for the device too when GEMMA3_CUDA_ENABLED, into one
+# executable (see include/gemma3/cuda/runtime.hpp). Device objects are compiled with warnings as
+# errors and -Xptxas -v; the report is kept next to each object (<object>.ptxas.txt) and a CTest
+# (<test>.ptxas) fails if any kernel spills registers.
+include_guard(GLOBAL)
+
+set_property(CACHE GEMMA3_CUDA PROPERTY STRINGS AUTO ON OFF)
+string(TOUPPER "${GEMMA3_CUDA}" _gemma3_cuda_mode)
+if(_gemma3_cuda_mode MATCHES "^(ON|TRUE|YES|1)$")
+  set(_gemma3_cuda_mode ON)
+elseif(_gemma3_cuda_mode MATCHES "^(OFF|FALSE|NO|0)$")
+  set(_gemma3_cuda_mode OFF)
+elseif(NOT _gemma3_cuda_mode STREQUAL "AUTO")
+  message(FATAL_ERROR "GEMMA3_CUDA=${GEMMA3_CUDA}: expected AUTO, ON or OFF")
+endif()
+
+set(GEMMA3_CUDA_ENABLED OFF)
+if(NOT _gemma3_cuda_mode STREQUAL "OFF")
+  include(CheckLanguage)
+  if(NOT DEFINED CMAKE_CUDA_HOST_COMPILER AND CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
+    set(CMAKE_CUDA_HOST_COMPILER "${CMAKE_CXX_COMPILER}" CACHE FILEPATH "Host compiler for nvcc")
+  endif()
+  check_language(CUDA)
+  if(CMAKE_CUDA_COMPILER)
+    if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
+      set(CMAKE_CUDA_ARCHITECTURES 80 90)
+    endif()
+    enable_language(CUDA)
+    find_package(CUDAToolkit)
+  endif()
+  if(CMAKE_CUDA_COMPILER AND CUDAToolkit_FOUND AND TARGET CUDA::cublasLt)
+    set(GEMMA3_CUDA_ENABLED ON)
+    message(STATUS "gemma3: CUDA device build on (nvcc ${CMAKE_CUDA_COMPILER_VERSION}, architectures ${CMAKE_CUDA_ARCHITECTURES})")
+  elseif(_gemma3_cuda_mode STREQUAL "ON")
+    message(FATAL_ERROR "GEMMA3_CUDA=ON, but nvcc or the CUDA toolkit with cuBLASLt was not found "
+                        "(put nvcc on PATH or set CMAKE_CUDA_COMPILER)")
+  else()
+    message(STATUS "gemma3: no CUDA toolkit; the kernels will run on the CPU emulator only")
+  endif()
+endif()
+
+# --- Targets ------------------------------------------------------------------------------------------
+find_package(Boost 1.74 CONFIG QUIET COMPONENTS context)
+if(TARGET Boost::context AND NOT TARGET gemma3_cuda_emulation)
+  add_library(gemma3_cuda_emulation INTERFACE)
+  add_library(gemma3::cuda_emulation ALIAS gemma3_cuda_emulation)
+  target_compile_definitions(gemma3_cuda_emulation INTERFACE GEMMA3_CUDA_EMULATION)
+  target_link_libraries(gemma3_cuda_emulation INTERFACE gemma3 Boost::context)
+endif()
+
+if(GEMMA3_CUDA_ENABLED AND NOT TARGET gemma3_cuda)
+  add_library(gemma3_cuda INTERFACE)
+  add_library(gemma3::cuda ALIAS gemma3_cuda)
+  target_link_libraries(gemma3_cuda INTERFACE gemma3 CUDA::cudart CUDA::cublasLt)
+  # CMake 3.25 does not know nvcc's C++20 flag (CUDA_STANDARD 20 fails), so ask for it directly.
+  target_compile_options(gemma3_cuda INTERFACE $<$<COMPILE_LANGUAGE:CUDA>:-std=c++20>)
+endif()
+
+if(GEMMA3_CUDA_ENABLED)
+  find_package(Python3 COMPONENTS Interpreter REQUIRED)
+endif()
+
+# gemma3_cuda_device_flags(<target>): the project's rules for device code: C++20, every
+# nvcc and host-compiler warning an error, and the ptxas report kept for check_ptxas.py
+# (the architectures come from CMAKE_CUDA_ARCHITECTURES, 80;90 by default).
+function(gemma3_cuda_device_flags target)
+  set_target_properties(${target} PROPERTIES
+    CUDA_COMPILER_LAUNCHER "${Python3_EXECUTABLE};${PROJECT_SOURCE_DIR}/scripts/check_ptxas.py;capture;--")
+  # -std=c++20 by hand: CMake 3.25 does not know nvcc's flag for CUDA_STANDARD 20.
+  target_compile_options(${target} PRIVATE
+    $<$<COMPILE_LANGUAGE:CUDA>:-std=c++20 --Werror=all-warnings -Xptxas=-v -Xcompiler=-Wall,-Wextra,-Werror>)
+endfunction()
+
+# gemma3_add_cuda_test(<name> SOURCES <.cu>... [EMULATOR_SOURCES <.cpp>...])
+# One doctest executable, registered with CTest as <name>:
+#   SOURCES           kernel tests written once (GEMMA3_CUDA_TEST_CASE), compiled for the emulator by
+#                     the host compiler and, when GEMMA3_CUDA_ENABLED, for the device by nvcc;
+#   EMULATOR_SOURCES  tests of the emulator itself (host compiler only).
+# Its main() (tests/cuda/cuda_test_main.cpp) runs the emulated cases, plus the device cases when a
+# GPU is present; GEMMA3_CUDA_BACKEND=emulator|device|auto or --backend= chooses. With the device
+# build on, CTest <name>.ptxas checks the ptxas report of its device objects for register spills.
+function(gemma3_add_cuda_test name)
+  cmake_parse_arguments(PARSE_ARGV 1 ARG "" "" "SOURCES;EMULATOR_SOURCES")
+  if(NOT TARGET gemma3::cuda_emulation)
+    message(FATAL_ERROR "gemma3_add_cuda_test(${name}): the CPU emulator needs Boost.Context "
+                        "(Debian: apt-get install libboost-context-dev)")
+  endif()
+  set(test_dir ${PROJECT_SOURCE_DIR}/tests/cuda)
+  set(emulated_sources)
+  foreach(source IN LISTS ARG_SOURCES)
+    get_filename_component(absolute "${source}" ABSOLUTE)
+    get_filename_component(stem "${source}" NAME_WE)
+    set(wrapper ${CMAKE_CURRENT_BINARY_DIR}/${name}_emulated/${stem}.cpp)
+    file(CONFIGURE OUTPUT ${wrapper}
+         CONTENT "// Generated by gemma3_add_cuda_test: ${stem} built for the CPU emulator.\n#include \"${absolute}\"\n"
+         @ONLY)
+    list(APPEND emulated_sources ${wrapper})
+  endforeach()
+
+  add_executable(${name} ${test_dir}/cuda_test_main.cpp ${emulated_sources} ${ARG_EMULATOR_SOURCES})
+  target_link_libraries(${name} PRIVATE gemma3::cuda_emulation gemma3_project_flags doctest::doctest)
+  target_include_directories(${name} PRIVATE ${test_dir} ${CMAKE_CURRENT_SOURCE_DIR})
+  target_compile_definitions(${name} PRIVATE
+    GEMMA3_TEST_DATA_DIR="${PROJECT_SOURCE_DIR}/tests/data" GEMMA3_SOURCE_DIR="${PROJECT_SOURCE_DIR}")
+  if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
+    target_compile_options(${name} PRIVATE -Werror)
+  endif()
+  # Exported symbols let the emulator name kernels in its messages (dladdr).
+  set_target_properties(${name} PROPERTIES ENABLE_EXPORTS ON RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests)
+
+  if(GEMMA3_CUDA_ENABLED)
+    add_library(${name}_device OBJECT ${ARG_SOURCES} ${test_dir}/device_probe.cu)
+    target_link_libraries(${name}_device PRIVATE gemma3 doctest::doctest)
+    target_include_directories(${name}_device PRIVATE ${test_dir} ${CMAKE_CURRENT_SOURCE_DIR})
+    target_compile_definitions(${name}_device PRIVATE
+      GEMMA3_TEST_DATA_DIR="${PROJECT_SOURCE_DIR}/tests/data" GEMMA3_SOURCE_DIR="${PROJECT_SOURCE_DIR}")
+    gemma3_cuda_device_flags(${name}_device)
+    target_link_libraries(${name} PRIVATE ${name}_device CUDA::cudart CUDA::cublasLt)
+    target_compile_definitions(${name} PRIVATE GEMMA3_CUDA_TEST_HAS_DEVICE_BUILD=1)
+    add_test(NAME ${name}.ptxas
+             COMMAND ${Python3_EXECUTABLE} ${PROJECT_SOURCE_DIR}/scripts/check_ptxas.py check
+                     ${CMAKE_CURRENT_BINARY_DIR}/CMakeFiles/${name}_device.dir)
+  endif()
+  add_test(NAME ${name} COMMAND ${name})
+endfunction()
