@@ -56,17 +56,16 @@ TEST_CASE("the activation estimate equals the buffers of a training step") {
     const auto& a = model->activations();
     std::int64_t total = elements(a.final_in) + elements(a.final_rstd) + elements(a.final_out);
     for (const auto& b : a.blocks) {
-        for (const auto* buffer : {&b.input, &b.input_rstd, &b.attn_in, &b.q, &b.k, &b.v, &b.q_rstd, &b.k_rstd, &b.q_rot,
-                                   &b.k_rot, &b.probs, &b.attn, &b.attn_proj, &b.attn_proj_rstd, &b.mid, &b.mid_rstd,
-                                   &b.mlp_in, &b.gate, &b.up, &b.act, &b.mlp_out, &b.mlp_out_rstd})
+        for (const auto* buffer : {&b.input, &b.input_rstd, &b.attn_in, &b.qkv, &b.q_rstd, &b.k_rstd, &b.q_rot, &b.k_rot,
+                                   &b.probs, &b.attn, &b.attn_proj, &b.attn_proj_rstd, &b.mid, &b.mid_rstd, &b.mlp_in,
+                                   &b.gate_up, &b.act, &b.mlp_out, &b.mlp_out_rstd})
             total += elements(*buffer);
     }
     BackwardScratch<C, float> scratch;
     scratch.resize(batch * seq);
     for (const auto* buffer : {&scratch.d_x, &scratch.d_x_next, &scratch.d_mlp_out, &scratch.d_mlp_in,
-                               &scratch.d_attn_proj, &scratch.d_attn_in, &scratch.d_act, &scratch.d_gate, &scratch.d_up,
-                               &scratch.d_attn, &scratch.d_q, &scratch.d_q_pre, &scratch.d_k, &scratch.d_v,
-                               &scratch.d_k_pre})
+                               &scratch.d_attn_proj, &scratch.d_attn_in, &scratch.d_act, &scratch.d_gate_up,
+                               &scratch.d_attn, &scratch.d_q, &scratch.d_k, &scratch.d_qkv})
         total += elements(*buffer);
     total += std::min<std::int64_t>(256, batch * seq) * C::vocab_size;  // the classifier's logits chunk
     CHECK(activation_elements(config_file_of<C>(), batch, seq) == total);

@@ -81,6 +81,23 @@ TEST_CASE("gemm handles transposes and strided views like the naive product") {
     CHECK(rel_error(out, want2) < 1e-14);
 }
 
+TEST_CASE("gemm with a single row (the matrix-vector path) handles every transpose and beta") {
+    std::mt19937_64 rng(12);
+    const Mat b = random_matrix(9, 7, rng), row = random_matrix(1, 9, rng), column = random_matrix(9, 1, rng);
+    const Mat bt = random_matrix(7, 9, rng);
+    Mat c = Mat::Constant(1, 7, 2.0);
+    gemm(cview(row), Op::none, cview(b), Op::none, view(c), 1.5, 0.5);  // 1x9 * 9x7
+    CHECK(rel_error(c, 1.5 * row * b + Mat::Constant(1, 7, 1.0)) < 1e-14);
+    gemm(cview(row), Op::none, cview(bt), Op::transpose, view(c));  // 1x9 * (7x9)^T
+    CHECK(rel_error(c, row * bt.transpose()) < 1e-14);
+    gemm(cview(column), Op::transpose, cview(b), Op::none, view(c));  // (9x1)^T * 9x7
+    CHECK(rel_error(c, column.transpose() * b) < 1e-14);
+    // A row inside a wider matrix: strides respected.
+    Mat wide = random_matrix(3, 20, rng);
+    gemm(sub_view(cview(wide), 1, 4, 1, 9), Op::none, cview(bt), Op::transpose, view(c));
+    CHECK(rel_error(c, wide.block(1, 4, 1, 9) * bt.transpose()) < 1e-14);
+}
+
 TEST_CASE("embedding gathers scaled rows and scatter-adds repeated ids") {
     std::mt19937_64 rng(2);
     Mat table = random_matrix(11, 4, rng);

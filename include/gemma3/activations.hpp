@@ -15,8 +15,8 @@ struct BlockActivations {
     Buffer<T> input;                // [N, D] residual stream entering the block
     Buffer<T> input_rstd;           // [N]
     Buffer<T> attn_in;              // [N, D] input_layernorm(input)
-    Buffer<T> q, k, v;              // [N, H*Dh], [N, Hk*Dh], [N, Hk*Dh] projections
-    Buffer<T> q_rstd, k_rstd;       // [N*H], [N*Hk] q/k norm statistics
+    Buffer<T> qkv;                  // [N, (H + 2 Hk) Dh] the q, k and v projections side by side
+    Buffer<T> q_rstd, k_rstd;       // [H*N], [Hk*N] q/k norm statistics, head-major
     Buffer<T> q_rot, k_rot;         // normalised and rotated q, k
     Buffer<T> probs;                // [B, H, T, T] attention probabilities (empty for inference)
     Buffer<T> attn;                 // [N, H*Dh] attention output, heads concatenated
@@ -25,7 +25,7 @@ struct BlockActivations {
     Buffer<T> mid;                  // [N, D] input + post_attention_norm(attn_proj)
     Buffer<T> mid_rstd;             // [N]
     Buffer<T> mlp_in;               // [N, D] pre_feedforward_norm(mid)
-    Buffer<T> gate, up;             // [N, F]
+    Buffer<T> gate_up;              // [N, 2F] gate and up projections side by side
     Buffer<T> act;                  // [N, F] gelu_tanh(gate) * up
     Buffer<T> mlp_out;              // [N, D] down_proj(act)
     Buffer<T> mlp_out_rstd;         // [N]
@@ -63,9 +63,7 @@ struct Activations {
             b.input.resize(n * d);
             b.input_rstd.resize(n);
             b.attn_in.resize(n * d);
-            b.q.resize(n * q);
-            b.k.resize(n * kv);
-            b.v.resize(n * kv);
+            b.qkv.resize(n * (q + 2 * kv));
             b.q_rstd.resize(n * static_cast<std::size_t>(D::heads));
             b.k_rstd.resize(n * static_cast<std::size_t>(D::kv_heads));
             b.q_rot.resize(n * q);
@@ -77,8 +75,7 @@ struct Activations {
             b.mid.resize(n * d);
             b.mid_rstd.resize(n);
             b.mlp_in.resize(n * d);
-            b.gate.resize(n * f);
-            b.up.resize(n * f);
+            b.gate_up.resize(n * 2 * f);
             b.act.resize(n * f);
             b.mlp_out.resize(n * d);
             b.mlp_out_rstd.resize(n);

@@ -25,17 +25,21 @@ struct BackwardScratch {
     using D = Dims<C>;
     Buffer<T> d_x, d_x_next;  // [N, D] gradient w.r.t. the residual stream (ping-pong)
     Buffer<T> d_mlp_out, d_mlp_in, d_attn_proj, d_attn_in;  // [N, D]
-    Buffer<T> d_act, d_gate, d_up;                          // [N, F]
-    Buffer<T> d_attn, d_q, d_q_pre;                         // [N, H*Dh]
-    Buffer<T> d_k, d_v, d_k_pre;                            // [N, Hk*Dh]
+    Buffer<T> d_act;                                        // [N, F]
+    Buffer<T> d_gate_up;                                    // [N, 2F]
+    Buffer<T> d_attn, d_q;                                  // [N, H*Dh]
+    Buffer<T> d_k;                                          // [N, Hk*Dh]
+    Buffer<T> d_qkv;                                        // [N, (H + 2 Hk) Dh]
     Buffer<T> logits_chunk;
 
     void resize(Index n) {
         const auto nn = static_cast<std::size_t>(n);
         for (auto* b : {&d_x, &d_x_next, &d_mlp_out, &d_mlp_in, &d_attn_proj, &d_attn_in}) b->resize(nn * D::model);
-        for (auto* b : {&d_act, &d_gate, &d_up}) b->resize(nn * D::ffn);
-        for (auto* b : {&d_attn, &d_q, &d_q_pre}) b->resize(nn * D::q);
-        for (auto* b : {&d_k, &d_v, &d_k_pre}) b->resize(nn * D::kv);
+        d_act.resize(nn * D::ffn);
+        d_gate_up.resize(nn * 2 * D::ffn);
+        for (auto* b : {&d_attn, &d_q}) b->resize(nn * D::q);
+        d_k.resize(nn * D::kv);
+        d_qkv.resize(nn * D::qkv);
     }
 };
 
@@ -57,15 +61,13 @@ void block_backward(int layer, const BlockWeights<const T>& w, const BlockWeight
     linear_backward<T>(const_view(a.act.data(), n, D::ffn), const_view(w.down_proj, D::model, D::ffn),
                        cview_nd(s.d_mlp_out.data()), matrix_view(s.d_act.data(), n, D::ffn),
                        matrix_view(g.down_proj, D::model, D::ffn));
-    geglu_backward<T>(const_view(a.gate.data(), n, D::ffn), const_view(a.up.data(), n, D::ffn),
-                      const_view(s.d_act.data(), n, D::ffn), matrix_view(s.d_gate.data(), n, D::ffn),
-                      matrix_view(s.d_up.data(), n, D::ffn));
-    linear_backward<T>(cview_nd(a.mlp_in.data()), const_view(w.gate_proj, D::ffn, D::model),
-                       const_view(s.d_gate.data(), n, D::ffn), view_nd(s.d_mlp_in.data()),
-                       matrix_view(g.gate_proj, D::ffn, D::model));
-    linear_backward<T>(cview_nd(a.mlp_in.data()), const_view(w.up_proj, D::ffn, D::model),
-                       const_view(s.d_up.data(), n, D::ffn), view_nd(s.d_mlp_in.data()),
-                       matrix_view(g.up_proj, D::ffn, D::model), /*accumulate_dx=*/true);
+    const auto gate_up = const_view(a.gate_up.data(), n, 2 * D::ffn);
+    const auto d_gate_up = matrix_view(s.d_gate_up.data(), n, 2 * D::ffn);
+    geglu_backward<T>(column_block(gate_up, 0, D::ffn), column_block(gate_up, D::ffn, D::ffn),
+                      const_view(s.d_act.data(), n, D::ffn), column_block(d_gate_up, 0, D::ffn),
+                      column_block(d_gate_up, D::ffn, D::ffn));
+    linear_backward<T>(cview_nd(a.mlp_in.data()), const_view(w.gate_proj, 2 * D::ffn, D::model), as_const(d_gate_up),
+                       view_nd(s.d_mlp_in.data()), matrix_view(g.gate_proj, 2 * D::ffn, D::model));
     // d mid = d_out (residual) + pre_feedforward_norm'(d mlp_in); computed in d_in.
     rmsnorm_backward<T>(cview_nd(a.mid.data()), w.pre_feedforward_norm, a.mid_rstd.data(), cview_nd(s.d_mlp_in.data()),
                         view_nd(d_in), g.pre_feedforward_norm);
@@ -77,32 +79,34 @@ void block_backward(int layer, const BlockWeights<const T>& w, const BlockWeight
     linear_backward<T>(const_view(a.attn.data(), n, D::q), const_view(w.o_proj, D::model, D::q),
                        cview_nd(s.d_attn_proj.data()), matrix_view(s.d_attn.data(), n, D::q),
                        matrix_view(g.o_proj, D::model, D::q));
+    // d v goes straight into its columns of d_qkv; d q and d k first undo RoPE and the q/k norms.
+    const auto qkv = const_view(a.qkv.data(), n, D::qkv);
+    const auto d_qkv = matrix_view(s.d_qkv.data(), n, D::qkv);
+    const auto d_q = matrix_view(s.d_q.data(), n, D::q), d_k = matrix_view(s.d_k.data(), n, D::kv);
     attention_backward<T>(const_view(a.q_rot.data(), n, D::q), const_view(a.k_rot.data(), n, D::kv),
-                          const_view(a.v.data(), n, D::kv), a.probs.data(), const_view(s.d_attn.data(), n, D::q),
-                          attention_shape<C, T>(layer, acts.batch, acts.seq), matrix_view(s.d_q.data(), n, D::q),
-                          matrix_view(s.d_k.data(), n, D::kv), matrix_view(s.d_v.data(), n, D::kv));
+                          column_block(qkv, D::q + D::kv, D::kv), a.probs.data(), const_view(s.d_attn.data(), n, D::q),
+                          attention_shape<C, T>(layer, acts.batch, acts.seq), d_q, d_k,
+                          column_block(d_qkv, D::q + D::kv, D::kv));
     const auto& table = rope.for_kind(D::kind(layer));
-    rope_backward<T>(matrix_view(s.d_q.data(), n, D::q), D::head, positions, table);
-    rope_backward<T>(matrix_view(s.d_k.data(), n, D::kv), D::head, positions, table);
-    T* d_q_pre = s.d_q.data();
-    T* d_k_pre = s.d_k.data();
+    rope_backward<T>(d_q, D::head, positions, table);
+    rope_backward<T>(d_k, D::head, positions, table);
     if constexpr (C::qk_norm) {
-        rmsnorm_backward<T>(const_view(a.q.data(), n * D::heads, D::head), w.q_norm, a.q_rstd.data(),
-                            const_view(s.d_q.data(), n * D::heads, D::head),
-                            matrix_view(s.d_q_pre.data(), n * D::heads, D::head), g.q_norm);
-        rmsnorm_backward<T>(const_view(a.k.data(), n * D::kv_heads, D::head), w.k_norm, a.k_rstd.data(),
-                            const_view(s.d_k.data(), n * D::kv_heads, D::head),
-                            matrix_view(s.d_k_pre.data(), n * D::kv_heads, D::head), g.k_norm);
-        d_q_pre = s.d_q_pre.data();
-        d_k_pre = s.d_k_pre.data();
+        for (Index h = 0; h < D::heads; ++h) {
+            rmsnorm_backward<T>(column_block(qkv, h * D::head, D::head), w.q_norm, a.q_rstd.data() + h * n,
+                                column_block(as_const(d_q), h * D::head, D::head),
+                                column_block(d_qkv, h * D::head, D::head), g.q_norm);
+        }
+        for (Index h = 0; h < D::kv_heads; ++h) {
+            rmsnorm_backward<T>(column_block(qkv, D::q + h * D::head, D::head), w.k_norm, a.k_rstd.data() + h * n,
+                                column_block(as_const(d_k), h * D::head, D::head),
+                                column_block(d_qkv, D::q + h * D::head, D::head), g.k_norm);
+        }
+    } else {
+        column_block(d_qkv, 0, D::q) = d_q;
+        column_block(d_qkv, D::q, D::kv) = d_k;
     }
-    const auto attn_in = cview_nd(a.attn_in.data());
-    linear_backward<T>(attn_in, const_view(w.q_proj, D::q, D::model), const_view(d_q_pre, n, D::q),
-                       view_nd(s.d_attn_in.data()), matrix_view(g.q_proj, D::q, D::model));
-    linear_backward<T>(attn_in, const_view(w.k_proj, D::kv, D::model), const_view(d_k_pre, n, D::kv),
-                       view_nd(s.d_attn_in.data()), matrix_view(g.k_proj, D::kv, D::model), true);
-    linear_backward<T>(attn_in, const_view(w.v_proj, D::kv, D::model), const_view(s.d_v.data(), n, D::kv),
-                       view_nd(s.d_attn_in.data()), matrix_view(g.v_proj, D::kv, D::model), true);
+    linear_backward<T>(cview_nd(a.attn_in.data()), const_view(w.q_proj, D::qkv, D::model), as_const(d_qkv),
+                       view_nd(s.d_attn_in.data()), matrix_view(g.q_proj, D::qkv, D::model));
     // d x_in = d mid + input_norm'(d attn_in)
     rmsnorm_backward<T>(cview_nd(a.input.data()), w.input_norm, a.input_rstd.data(), cview_nd(s.d_attn_in.data()),
                         view_nd(s.d_attn_proj.data()), g.input_norm);

@@ -48,6 +48,20 @@ void gemm(const A& a, Op op_a, const B& b, Op op_b, C&& c, typename std::remove_
         }
         return;
     }
+    if (m == 1) {
+        // A single row (decoding one token): a matrix-vector product, which BLAS does at memory
+        // bandwidth, while a 1-row sgemm pays for packing the whole of b.
+        const auto rows_b = static_cast<blasint>(b.rows()), cols_b = static_cast<blasint>(b.cols());
+        const auto tb_gemv = op_b == Op::none ? CblasTrans : CblasNoTrans;  // y = op(b)^T x
+        const auto ldb = static_cast<blasint>(b.outerStride());
+        const auto inc_x = static_cast<blasint>(op_a == Op::none ? 1 : a.outerStride());
+        if constexpr (std::is_same_v<T, float>) {
+            cblas_sgemv(CblasRowMajor, tb_gemv, rows_b, cols_b, alpha, b.data(), ldb, a.data(), inc_x, beta, c.data(), 1);
+        } else {
+            cblas_dgemv(CblasRowMajor, tb_gemv, rows_b, cols_b, alpha, b.data(), ldb, a.data(), inc_x, beta, c.data(), 1);
+        }
+        return;
+    }
     const auto ta = op_a == Op::none ? CblasNoTrans : CblasTrans;
     const auto tb = op_b == Op::none ? CblasNoTrans : CblasTrans;
     const auto lda = static_cast<blasint>(a.outerStride());

@@ -129,6 +129,7 @@ struct Dims {
     static constexpr int head = C::head_dim;
     static constexpr int q = C::n_heads * C::head_dim;       // width of the query projection
     static constexpr int kv = C::n_kv_groups * C::head_dim;  // width of the key and value projections
+    static constexpr int qkv = q + 2 * kv;                   // the three projections side by side
     static constexpr int window = C::sliding_window;
     static constexpr int context = C::context_length;
 

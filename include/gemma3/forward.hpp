@@ -59,26 +59,31 @@ void block_forward(int layer, const BlockWeights<const T>& w, const RopeTables<T
     const auto positions = std::span<const std::int32_t>(acts.positions);
     const auto& table = rope.for_kind(D::kind(layer));
 
-    // Attention branch.
+    // Attention branch. Wq, Wk and Wv are adjacent rows of one [q + 2 kv, D] matrix in the
+    // parameter layout, so one product computes all three projections side by side.
     rmsnorm_forward<T>(const_view<T>(a.input.data(), n, D::model), w.input_norm, eps,
                        matrix_view(a.attn_in.data(), n, D::model), a.input_rstd.data());
-    const auto attn_in = const_view<T>(a.attn_in.data(), n, D::model);
-    linear_forward<T>(attn_in, matrix_view(w.q_proj, D::q, D::model), matrix_view(a.q.data(), n, D::q));
-    linear_forward<T>(attn_in, matrix_view(w.k_proj, D::kv, D::model), matrix_view(a.k.data(), n, D::kv));
-    linear_forward<T>(attn_in, matrix_view(w.v_proj, D::kv, D::model), matrix_view(a.v.data(), n, D::kv));
-    if constexpr (C::qk_norm) {
-        rmsnorm_forward<T>(const_view<T>(a.q.data(), n * D::heads, D::head), w.q_norm, eps,
-                           matrix_view(a.q_rot.data(), n * D::heads, D::head), a.q_rstd.data());
-        rmsnorm_forward<T>(const_view<T>(a.k.data(), n * D::kv_heads, D::head), w.k_norm, eps,
-                           matrix_view(a.k_rot.data(), n * D::kv_heads, D::head), a.k_rstd.data());
+    linear_forward<T>(const_view<T>(a.attn_in.data(), n, D::model), const_view(w.q_proj, D::qkv, D::model),
+                      matrix_view(a.qkv.data(), n, D::qkv));
+    const auto qkv = const_view<T>(a.qkv.data(), n, D::qkv);
+    const auto q = column_block(qkv, 0, D::q), k = column_block(qkv, D::q, D::kv), v = column_block(qkv, D::q + D::kv, D::kv);
+    auto q_rot = matrix_view(a.q_rot.data(), n, D::q), k_rot = matrix_view(a.k_rot.data(), n, D::kv);
+    if constexpr (C::qk_norm) {  // one weight for every head: rows of head_dim, head by head
+        for (Index h = 0; h < D::heads; ++h) {
+            rmsnorm_forward<T>(column_block(q, h * D::head, D::head), w.q_norm, eps,
+                               column_block(q_rot, h * D::head, D::head), a.q_rstd.data() + h * n);
+        }
+        for (Index h = 0; h < D::kv_heads; ++h) {
+            rmsnorm_forward<T>(column_block(k, h * D::head, D::head), w.k_norm, eps,
+                               column_block(k_rot, h * D::head, D::head), a.k_rstd.data() + h * n);
+        }
     } else {
-        a.q_rot = a.q;
-        a.k_rot = a.k;
+        q_rot = q;
+        k_rot = k;
     }
-    rope_forward<T>(matrix_view(a.q_rot.data(), n, D::q), D::head, positions, table);
-    rope_forward<T>(matrix_view(a.k_rot.data(), n, D::kv), D::head, positions, table);
-    attention_forward<T>(const_view<T>(a.q_rot.data(), n, D::q), const_view<T>(a.k_rot.data(), n, D::kv),
-                         const_view<T>(a.v.data(), n, D::kv), attention_shape<C, T>(layer, acts.batch, acts.seq),
+    rope_forward<T>(q_rot, D::head, positions, table);
+    rope_forward<T>(k_rot, D::head, positions, table);
+    attention_forward<T>(as_const(q_rot), as_const(k_rot), v, attention_shape<C, T>(layer, acts.batch, acts.seq),
                          matrix_view(a.attn.data(), n, D::q), acts.keep_probs ? a.probs.data() : nullptr);
     linear_forward<T>(const_view<T>(a.attn.data(), n, D::q), matrix_view(w.o_proj, D::model, D::q),
                       matrix_view(a.attn_proj.data(), n, D::model));
@@ -90,10 +95,11 @@ void block_forward(int layer, const BlockWeights<const T>& w, const RopeTables<T
     // Feed-forward branch.
     rmsnorm_forward<T>(const_view<T>(a.mid.data(), n, D::model), w.pre_feedforward_norm, eps,
                        matrix_view(a.mlp_in.data(), n, D::model), a.mid_rstd.data());
-    const auto mlp_in = const_view<T>(a.mlp_in.data(), n, D::model);
-    linear_forward<T>(mlp_in, matrix_view(w.gate_proj, D::ffn, D::model), matrix_view(a.gate.data(), n, D::ffn));
-    linear_forward<T>(mlp_in, matrix_view(w.up_proj, D::ffn, D::model), matrix_view(a.up.data(), n, D::ffn));
-    geglu_forward<T>(const_view<T>(a.gate.data(), n, D::ffn), const_view<T>(a.up.data(), n, D::ffn),
+    // Wg and Wu are adjacent too: one product gives [gate | up].
+    linear_forward<T>(const_view<T>(a.mlp_in.data(), n, D::model), const_view(w.gate_proj, 2 * D::ffn, D::model),
+                      matrix_view(a.gate_up.data(), n, 2 * D::ffn));
+    const auto gate_up = const_view<T>(a.gate_up.data(), n, 2 * D::ffn);
+    geglu_forward<T>(column_block(gate_up, 0, D::ffn), column_block(gate_up, D::ffn, D::ffn),
                      matrix_view(a.act.data(), n, D::ffn));
     linear_forward<T>(const_view<T>(a.act.data(), n, D::ffn), matrix_view(w.down_proj, D::model, D::ffn),
                       matrix_view(a.mlp_out.data(), n, D::model));

@@ -222,34 +222,39 @@ private:
             const auto& w = weights_.blocks[static_cast<std::size_t>(l)];
             auto& cache = cache_.layer(l);
             rmsnorm_forward<T>(cnd(x_.data()), w.input_norm, eps, nd(a_.data()), rstd_.data());
-            linear_forward<T>(cnd(a_.data()), const_view(w.q_proj, D::q, D::model), matrix_view(q_.data(), m, D::q));
-            linear_forward<T>(cnd(a_.data()), const_view(w.k_proj, D::kv, D::model), matrix_view(k_.data(), m, D::kv));
-            linear_forward<T>(cnd(a_.data()), const_view(w.v_proj, D::kv, D::model), matrix_view(v_.data(), m, D::kv));
+            linear_forward<T>(cnd(a_.data()), const_view(w.q_proj, D::qkv, D::model), matrix_view(qkv_.data(), m, D::qkv));
+            const auto qkv = const_view(qkv_.data(), m, D::qkv);
+            const auto q = column_block(qkv, 0, D::q), k = column_block(qkv, D::q, D::kv);
+            auto q_rot = matrix_view(q_rot_.data(), m, D::q), k_rot = matrix_view(k_rot_.data(), m, D::kv);
             if constexpr (C::qk_norm) {
-                rmsnorm_forward<T>(const_view(q_.data(), m * D::heads, D::head), w.q_norm, eps,
-                                   matrix_view(q_rot_.data(), m * D::heads, D::head), rstd_.data());
-                rmsnorm_forward<T>(const_view(k_.data(), m * D::kv_heads, D::head), w.k_norm, eps,
-                                   matrix_view(k_rot_.data(), m * D::kv_heads, D::head), rstd_.data());
+                for (Index h = 0; h < D::heads; ++h) {
+                    rmsnorm_forward<T>(column_block(q, h * D::head, D::head), w.q_norm, eps,
+                                       column_block(q_rot, h * D::head, D::head), rstd_.data());
+                }
+                for (Index h = 0; h < D::kv_heads; ++h) {
+                    rmsnorm_forward<T>(column_block(k, h * D::head, D::head), w.k_norm, eps,
+                                       column_block(k_rot, h * D::head, D::head), rstd_.data());
+                }
             } else {
-                q_rot_ = q_;
-                k_rot_ = k_;
+                q_rot = q;
+                k_rot = k;
             }
             const auto& table = rope_.for_kind(D::kind(l));
             rope_forward<T>(matrix_view(q_rot_.data(), m, D::q), D::head, positions, table);
             rope_forward<T>(matrix_view(k_rot_.data(), m, D::kv), D::head, positions, table);
-            attention_with_cache<T>(const_view(q_rot_.data(), m, D::q), const_view(k_rot_.data(), m, D::kv),
-                                    const_view(v_.data(), m, D::kv), cache, p0,
+            attention_with_cache<T>(as_const(q_rot), as_const(k_rot), column_block(qkv, D::q + D::kv, D::kv), cache, p0,
                                     attention_shape<C, T>(l, 1, p0 + m), matrix_view(attn_.data(), m, D::q));
             append_to_cache(cache, p0, m);
             linear_forward<T>(const_view(attn_.data(), m, D::q), const_view(w.o_proj, D::model, D::q), nd(proj_.data()));
             rmsnorm_forward<T>(cnd(proj_.data()), w.post_attention_norm, eps, nd(a_.data()), rstd_.data());
             nd(x_.data()) += cnd(a_.data());
             rmsnorm_forward<T>(cnd(x_.data()), w.pre_feedforward_norm, eps, nd(a_.data()), rstd_.data());
-            linear_forward<T>(cnd(a_.data()), const_view(w.gate_proj, D::ffn, D::model), matrix_view(gate_.data(), m, D::ffn));
-            linear_forward<T>(cnd(a_.data()), const_view(w.up_proj, D::ffn, D::model), matrix_view(up_.data(), m, D::ffn));
-            geglu_forward<T>(const_view(gate_.data(), m, D::ffn), const_view(up_.data(), m, D::ffn),
-                             matrix_view(gate_.data(), m, D::ffn));
-            linear_forward<T>(const_view(gate_.data(), m, D::ffn), const_view(w.down_proj, D::model, D::ffn), nd(proj_.data()));
+            linear_forward<T>(cnd(a_.data()), const_view(w.gate_proj, 2 * D::ffn, D::model),
+                              matrix_view(gate_up_.data(), m, 2 * D::ffn));
+            const auto gate_up = const_view(gate_up_.data(), m, 2 * D::ffn);
+            geglu_forward<T>(column_block(gate_up, 0, D::ffn), column_block(gate_up, D::ffn, D::ffn),
+                             matrix_view(act_.data(), m, D::ffn));
+            linear_forward<T>(const_view(act_.data(), m, D::ffn), const_view(w.down_proj, D::model, D::ffn), nd(proj_.data()));
             rmsnorm_forward<T>(cnd(proj_.data()), w.post_feedforward_norm, eps, nd(a_.data()), rstd_.data());
             nd(x_.data()) += cnd(a_.data());
         }
@@ -264,16 +269,18 @@ private:
             if (cache.position[static_cast<std::size_t>(slot)] < 0) ++cache.used;
             cache.position[static_cast<std::size_t>(slot)] = static_cast<std::int32_t>(pos);
             std::copy_n(k_rot_.data() + r * D::kv, D::kv, cache.k.data() + slot * D::kv);
-            std::copy_n(v_.data() + r * D::kv, D::kv, cache.v.data() + slot * D::kv);
+            std::copy_n(qkv_.data() + r * D::qkv + D::q + D::kv, D::kv, cache.v.data() + slot * D::kv);
         }
     }
 
     void resize(Index m) {
         const auto n = static_cast<std::size_t>(m);
         for (auto* b : {&x_, &a_, &proj_, &final_}) b->resize(n * D::model);
-        for (auto* b : {&q_, &q_rot_, &attn_}) b->resize(n * D::q);
-        for (auto* b : {&k_, &k_rot_, &v_}) b->resize(n * D::kv);
-        for (auto* b : {&gate_, &up_}) b->resize(n * D::ffn);
+        for (auto* b : {&q_rot_, &attn_}) b->resize(n * D::q);
+        k_rot_.resize(n * D::kv);
+        qkv_.resize(n * D::qkv);
+        gate_up_.resize(n * 2 * D::ffn);
+        act_.resize(n * D::ffn);
         rstd_.resize(n * D::heads);
     }
 
@@ -282,7 +289,7 @@ private:
     Index chunk_;
     RopeTables<T> rope_;
     std::vector<std::int32_t> positions_;
-    Buffer<T> x_, a_, proj_, final_, q_, q_rot_, attn_, k_, k_rot_, v_, gate_, up_, rstd_, logits_;
+    Buffer<T> x_, a_, proj_, final_, qkv_, q_rot_, k_rot_, attn_, gate_up_, act_, rstd_, logits_;
 };
 
 // ------------------------------------------------------------------------------------------------

@@ -29,25 +29,38 @@ T gelu_tanh_derivative(T x) {
     return T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * c * (T(1) + T(3) * a * x * x);
 }
 
-// z = gelu_tanh(gate) * up, element-wise over [tokens, hidden_dim].
+// z = gelu_tanh(gate) * up, element-wise over [tokens, hidden_dim]. Written as Eigen array
+// expressions so that tanh is vectorised (Eigen's float tanh is a rational approximation accurate
+// to a few ulp; the scalar libm call it replaces took a tenth of a training step).
 template <class T>
 void geglu_forward(ConstMatrixView<T> gate, ConstMatrixView<T> up, MatrixView<T> z) {
+    const T c = T(detail::gelu_c), a = T(detail::gelu_a);
 #pragma omp parallel for schedule(static)
     for (Index i = 0; i < z.rows(); ++i) {
-        for (Index j = 0; j < z.cols(); ++j) z(i, j) = gelu_tanh(gate(i, j)) * up(i, j);
+        const auto g = gate.row(i).array();
+        z.row(i) = (T(0.5) * g * (T(1) + (c * (g + a * g.cube())).tanh()) * up.row(i).array()).matrix();
     }
 }
 
-// d_gate = dz * up * gelu'(gate), d_up = dz * gelu(gate). Outputs are overwritten.
+// d_gate = dz * up * gelu'(gate), d_up = dz * gelu(gate), with
+// gelu'(x) = 0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 a x^2), t = tanh(c (x + a x^3)).
+// Outputs are overwritten.
 template <class T>
 void geglu_backward(ConstMatrixView<T> gate, ConstMatrixView<T> up, ConstMatrixView<T> dz, MatrixView<T> d_gate,
                     MatrixView<T> d_up) {
-#pragma omp parallel for schedule(static)
-    for (Index i = 0; i < dz.rows(); ++i) {
-        for (Index j = 0; j < dz.cols(); ++j) {
-            const T g = gate(i, j), u = up(i, j), d = dz(i, j);
-            d_gate(i, j) = d * u * gelu_tanh_derivative(g);
-            d_up(i, j) = d * gelu_tanh(g);
+    const T c = T(detail::gelu_c), a = T(detail::gelu_a);
+#pragma omp parallel
+    {
+        Eigen::Array<T, 1, Eigen::Dynamic> t(dz.cols());
+#pragma omp for schedule(static)
+        for (Index i = 0; i < dz.rows(); ++i) {
+            const auto g = gate.row(i).array();
+            const auto d = dz.row(i).array();
+            t = (c * (g + a * g.cube())).tanh();
+            d_up.row(i) = (d * T(0.5) * g * (T(1) + t)).matrix();
+            d_gate.row(i) = (d * up.row(i).array() *
+                             (T(0.5) * (T(1) + t) + T(0.5) * g * (T(1) - t.square()) * c * (T(1) + T(3) * a * g.square())))
+                                .matrix();
         }
     }
 }
