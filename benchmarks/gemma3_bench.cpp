@@ -20,11 +20,11 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 #include <omp.h>
-#include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <fstream>
 #include <functional>
 #include <iostream>
 #include <memory>
@@ -53,10 +53,14 @@ double median_seconds(int warmup, int repeats, const std::function<void()>& run)
     return t[t.size() / 2];
 }
 
+// Peak resident memory of this process (VmHWM). Not getrusage's ru_maxrss: Linux carries that over
+// from the parent across exec, so a child of a big Python process would report the parent's peak.
 double peak_rss_mib() {
-    rusage usage{};
-    getrusage(RUSAGE_SELF, &usage);
-    return static_cast<double>(usage.ru_maxrss) / 1024.0;
+    std::ifstream status("/proc/self/status");
+    for (std::string line; std::getline(status, line);) {
+        if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) / 1024.0;  // kB
+    }
+    return -1;
 }
 
 void report(nlohmann::json j) {
