@@ -4,11 +4,13 @@
 //   build/bin/gemma3-train --model-config config/demo_model_config.json \
 //       --training-config config/demo_training_config.json --data-dir data/kjv --out-dir out/demo
 //   build/bin/gemma3-train ... --resume            # continue from <out-dir>/latest
+//   mpirun -np 2 build/bin/gemma3-train ...        # data-parallel over 2 processes (MPI)
 //
 // The model's shapes are compile-time constants, so the program contains a set of compiled config
 // types and picks the one that matches --model-config (compiled_configs.hpp).
 #include <gemma3/config_file.hpp>
 #include <gemma3/configs.hpp>
+#include <gemma3/distributed.hpp>
 #include <gemma3/trainer.hpp>
 
 #include "compiled_configs.hpp"
@@ -20,6 +22,7 @@
 #include <cstdlib>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -57,17 +60,28 @@ std::optional<std::string> device_problem(const std::string& device) {
 }
 
 // Fault injection for the crash-safety tests: GEMMA3_KILL_AT_CHECKPOINT_PHASE="<phase>:<n>" kills
-// this process with SIGKILL when the n-th checkpoint write reaches <phase> (see checkpoint.hpp).
-void install_fault_injection() {
-    const char* spec = std::getenv("GEMMA3_KILL_AT_CHECKPOINT_PHASE");
-    if (!spec) return;
-    const std::string text = spec;
-    const auto colon = text.find(':');
-    const std::string phase = text.substr(0, colon);
-    const int nth = colon == std::string::npos ? 1 : std::stoi(text.substr(colon + 1));
-    gemma3::checkpoint_phase_hook() = [phase, nth, seen = 0](std::string_view reached) mutable {
-        if (reached == phase && ++seen == nth) std::raise(SIGKILL);
-    };
+// this process with SIGKILL when the n-th checkpoint write reaches <phase> (see checkpoint.hpp);
+// GEMMA3_KILL_AT_ITERATION="<rank>:<iteration>" kills that rank of a data-parallel run when it
+// starts that iteration.
+void install_fault_injection(gemma3::TrainOptions& options, int rank) {
+    if (const char* spec = std::getenv("GEMMA3_KILL_AT_CHECKPOINT_PHASE")) {
+        const std::string text = spec;
+        const auto colon = text.find(':');
+        const std::string phase = text.substr(0, colon);
+        const int nth = colon == std::string::npos ? 1 : std::stoi(text.substr(colon + 1));
+        gemma3::checkpoint_phase_hook() = [phase, nth, seen = 0](std::string_view reached) mutable {
+            if (reached == phase && ++seen == nth) std::raise(SIGKILL);
+        };
+    }
+    if (const char* spec = std::getenv("GEMMA3_KILL_AT_ITERATION")) {
+        const std::string text = spec;
+        const auto colon = text.find(':');
+        if (colon == std::string::npos || std::stoi(text.substr(0, colon)) != rank) return;
+        const std::int64_t iteration = std::stoll(text.substr(colon + 1));
+        options.before_iteration = [iteration](std::int64_t e) {
+            if (e >= iteration) std::raise(SIGKILL);
+        };
+    }
 }
 
 }  // namespace
@@ -86,6 +100,19 @@ int main(int argc, char** argv) {
     app.add_option("--resume-from", resume_from, "continue from this checkpoint directory");
     app.add_option("--stop-after", options.stop_after,
                    "stop after this many iterations, with a checkpoint (continue later with --resume)");
+
+    // Data parallelism, when started by mpirun (see the README's "Data-parallel training").
+    app.add_flag("--keep-global-batch", options.parallel.keep_global_batch,
+                 "divide gradient_accumulation_steps among the ranks, so the tokens per optimizer step stay those of "
+                 "one process");
+    app.add_flag("--zero1", options.parallel.zero1,
+                 "ZeRO stage 1: shard AdamW's moments across the ranks (reduce-scatter gradients, all-gather weights)");
+    std::string sampling = "per-rank";
+    app.add_option("--batch-sampling", sampling,
+                   "per-rank: each rank draws from its own stream (seeded from seed and rank); shared: the ranks split "
+                   "one stream, drawing exactly the windows of one process with ranks x batch_size")
+        ->check(CLI::IsMember({"per-rank", "shared"}))
+        ->capture_default_str();
 
     // Overrides of training_config.json, one flag per field.
     std::map<std::string, double> numbers;
@@ -110,7 +137,25 @@ int main(int argc, char** argv) {
         given[f] = app.add_option(flag_names(f), strings[f], "training config field " + std::string(f));
     }
     CLI11_PARSE(app, argc, argv);
-    install_fault_injection();
+    options.parallel.sampling = sampling == "shared" ? gemma3::BatchSampling::shared : gemma3::BatchSampling::per_rank;
+
+    std::unique_ptr<gemma3::Communicator> comm;
+    try {
+        comm = gemma3::make_communicator(&argc, &argv);
+    } catch (const std::exception& e) {
+        std::cerr << "gemma3-train: " << e.what() << "\n";
+        return 2;
+    }
+    options.parallel.communicator = comm.get();
+    if (comm->rank() != 0) options.live_line = false;
+    install_fault_injection(options, comm->rank());
+    // Prints the error and ends. With several ranks the others may be waiting in a collective (or
+    // in MPI_Finalize's synchronisation): only an abort stops them all.
+    const auto fail = [&](const std::string& message, int exit_code) {
+        if (comm->size() > 1) comm->abort("gemma3-train: " + message, exit_code);
+        std::cerr << "gemma3-train: " << message << "\n";
+        return exit_code;
+    };
 
     try {
         const auto model = gemma3::load_model_config(model_path);
@@ -126,23 +171,16 @@ int main(int argc, char** argv) {
         const bool overridden = std::any_of(given.begin(), given.end(), [](auto& g) { return g.second->count() > 0; });
         const auto training = gemma3::detail::parse_training_config(
             training_json, training_path + (overridden ? " (with command-line overrides)" : ""), std::move(problems));
-        if (const auto problem = device_problem(training.device)) {
-            std::cerr << "gemma3-train: " << *problem << "\n";
-            return 2;
-        }
+        if (const auto problem = device_problem(training.device)) return fail(*problem, 2);
         options.data_dir = data_dir;
         options.out_dir = out_dir;
         options.resume = resume || !resume_from.empty();
         options.resume_from = resume_from;
         const bool found = gemma3::programs::with_compiled_config(
             model, [&]<class C>() { train<C>(model, training, options); });
-        if (!found) {
-            std::cerr << "gemma3-train: " << gemma3::programs::no_compiled_config_message(model_path, "gemma3-train") << "\n";
-            return 2;
-        }
+        if (!found) return fail(gemma3::programs::no_compiled_config_message(model_path, "gemma3-train"), 2);
     } catch (const std::exception& e) {
-        std::cerr << "gemma3-train: " << e.what() << "\n";
-        return 1;
+        return fail(e.what(), 1);
     }
     return 0;
 }

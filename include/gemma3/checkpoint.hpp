@@ -6,7 +6,8 @@
 //   <dir>/gemma3_config.json     our model config (config/model_config.json format)
 //   <dir>/optimizer.safetensors  AdamW moments, "exp_avg.<name>" and "exp_avg_sq.<name>"
 //   <dir>/trainer_state.json     iteration, optimizer steps, sampler states, best validation loss,
-//                                and the training config the run used
+//                                and the training config the run used; for a data-parallel run
+//                                also the rank count and every rank's batch stream
 //   <dir>/gradients.safetensors  only when saved between two optimizer steps: the gradients
 //                                accumulated so far ("grad.<name>")
 //
@@ -34,6 +35,7 @@
 #include <set>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 namespace gemma3 {
 
@@ -51,6 +53,13 @@ struct TrainerState {
     std::string train_sampler;         // generator states of the batch samplers
     std::string eval_train_sampler;
     std::string eval_val_sampler;
+    // Data parallelism (written only by runs with several ranks, or resumed from one): the number
+    // of ranks and the batch sampling of the run that wrote it, and the training batch streams of
+    // ranks 1, 2, ... with per-rank sampling (rank 0's stream is train_sampler). Streams of ranks a
+    // later run does not have are kept here unchanged, so they continue if those ranks return.
+    int ranks = 1;
+    std::string batch_sampling;
+    std::vector<std::string> rank_train_samplers;
 };
 
 // The Hugging Face config.json for our model config (transformers >= 4.50 field names).
@@ -275,6 +284,11 @@ void write_checkpoint_files(const std::filesystem::path& dir, const Parameters<C
         {"eval_val_sampler", state.eval_val_sampler},
         {"training_config", to_json(training_config)},
     };
+    if (state.ranks > 1 || !state.rank_train_samplers.empty()) {
+        s["data_parallel"] = {{"ranks", state.ranks},
+                              {"batch_sampling", state.batch_sampling},
+                              {"rank_train_samplers", state.rank_train_samplers}};
+    }
     detail::write_json_atomically(dir / "trainer_state.json", s);
     hook("directory");
     detail::fsync_directory(dir);
@@ -350,11 +364,21 @@ TrainerState load_checkpoint(const std::filesystem::path& dir, Parameters<C, T>&
         state.train_sampler = state_json.at("train_sampler").get<std::string>();
         state.eval_train_sampler = state_json.at("eval_train_sampler").get<std::string>();
         state.eval_val_sampler = state_json.at("eval_val_sampler").get<std::string>();
+        if (state_json.contains("data_parallel")) {
+            const auto& parallel = state_json.at("data_parallel");
+            state.ranks = parallel.at("ranks").get<int>();
+            state.batch_sampling = parallel.at("batch_sampling").get<std::string>();
+            state.rank_train_samplers = parallel.at("rank_train_samplers").get<std::vector<std::string>>();
+        }
     } catch (const nlohmann::json::exception& e) {
         throw CheckpointError((dir / "trainer_state.json").string() + ": malformed: " + e.what());
     }
     if (state.iteration < 0 || state.optimizer_steps < 0) {
         throw CheckpointError((dir / "trainer_state.json").string() + ": negative iteration or step count");
+    }
+    if (state.ranks < 1) {
+        throw CheckpointError((dir / "trainer_state.json").string() + ": data_parallel.ranks is " +
+                              std::to_string(state.ranks) + ", expected at least 1");
     }
 
     // Read everything into temporaries first, so a bad file leaves params and adamw untouched.

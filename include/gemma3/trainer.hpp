@@ -10,11 +10,30 @@
 // Everything a run needs to continue exactly is in its checkpoints (checkpoint.hpp), so a run
 // stopped at any iteration and resumed gives bit-identical losses. Progress goes to a live line,
 // <out>/metrics.jsonl and <out>/loss.svg.
+//
+// Data parallelism (TrainOptions::parallel, a Communicator from distributed.hpp): R processes run
+// this loop in lockstep, each on its own micro-batch. Each scales its loss by 1/(accumulation x R),
+// so the gradients summed over the ranks (one all-reduce per optimizer step) are the mean over the
+// whole update; every rank then clips by the same global norm and takes the same AdamW step, and
+// the weights stay identical everywhere. Only rank 0 prints and writes metrics, plots and
+// checkpoints. Per pass of the loop:
+//   - default: one iteration is one global micro-batch of R x batch_size sequences (one per
+//     rank); an update covers batch_size x accumulation x R sequences.
+//   - keep_global_batch: the R ranks run R consecutive iterations of batch_size sequences, so an
+//     update covers batch_size x accumulation sequences as with one process, and iteration
+//     numbers, the schedule, evaluations and checkpoints are those of a one-process run.
+// Batch sampling: BatchSampling below. Evaluation splits its batches across the ranks (every rank
+// draws the same evaluation stream and computes its share) and all-reduces the loss sums. With
+// zero1, AdamW's moments are sharded: gradients are reduce-scattered, each rank updates its shard of
+// the weights, and an all-gather reassembles them. Checkpoints hold everything unsharded (moments
+// gathered, partial gradients summed on rank 0), so they resume on any number of ranks.
 #pragma once
 
 #include "checkpoint.hpp"
 #include "config_file.hpp"
 #include "data.hpp"
+#include "distributed.hpp"
+#include "footprint.hpp"
 #include "loss_plot.hpp"
 #include "model.hpp"
 #include "optimizer.hpp"
@@ -27,8 +46,10 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <memory>
+#include <span>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -38,6 +59,26 @@ namespace gemma3 {
 class TrainingError : public std::runtime_error {
 public:
     using std::runtime_error::runtime_error;
+};
+
+// How the ranks of a data-parallel run draw their training batches.
+enum class BatchSampling {
+    // Each rank draws from its own stream, seeded from (seed, rank); rank 0's is the stream of a
+    // one-process run. The default: no rank reads another's windows.
+    per_rank,
+    // Every rank runs the same stream and draws the windows of all ranks, keeping its own: R ranks
+    // of batch_size sequences see exactly the windows one process of R x batch_size sequences sees,
+    // which makes runs with different rank counts the same training (up to summation order).
+    shared,
+};
+
+inline std::string_view batch_sampling_name(BatchSampling s) { return s == BatchSampling::shared ? "shared" : "per-rank"; }
+
+struct DataParallelOptions {
+    Communicator* communicator = nullptr;  // null: this process alone
+    BatchSampling sampling = BatchSampling::per_rank;
+    bool keep_global_batch = false;  // divide gradient_accumulation_steps among the ranks
+    bool zero1 = false;              // shard AdamW's moments across the ranks (ZeRO stage 1)
 };
 
 struct TrainOptions {
@@ -50,6 +91,8 @@ struct TrainOptions {
     std::int64_t stop_after = -1;       // stop after this many iterations (with a checkpoint)
     bool live_line = ::isatty(STDOUT_FILENO) != 0;
     std::ostream* log = &std::cout;
+    DataParallelOptions parallel;
+    std::function<void(std::int64_t iteration)> before_iteration;  // test hook: fault injection
 };
 
 struct TrainSummary {
@@ -88,39 +131,63 @@ public:
     Trainer(ModelConfigFile model_config, TrainingConfig training_config, TrainOptions options)
         : model_config_(std::move(model_config)), config_(std::move(training_config)), options_(std::move(options)),
           schedule_{config_.learning_rate, config_.min_lr, config_.warmup_steps, config_.max_iters,
-                    config_.warmup_start_factor} {
+                    config_.warmup_start_factor},
+          comm_(options_.parallel.communicator ? options_.parallel.communicator : &single_process_),
+          plan_(plan_data_parallel()) {
         require_matches<C>(model_config_);
         check_compatible(model_config_, config_);
     }
+    Trainer(const Trainer&) = delete;  // holds a pointer to its own single-process communicator
+    Trainer& operator=(const Trainer&) = delete;
 
     TrainSummary run() {
-        auto& log = *options_.log;
-        std::filesystem::create_directories(options_.out_dir);
+        Communicator& comm = *comm_;
+        const bool lead = plan_.rank == 0;
+        std::ostream null_log(nullptr);
+        auto& log = lead ? *options_.log : null_log;  // only rank 0 speaks
+        if (lead) std::filesystem::create_directories(options_.out_dir);
         const std::int64_t batch = config_.batch_size, block = config_.block_size;
         const TokenFile train(options_.data_dir / options_.train_file, D::vocab, block + 1);
         const TokenFile val(options_.data_dir / options_.val_file, D::vocab, block + 1);
 
         model_ = std::make_unique<Model<C, Cpu<T>>>();
         grads_ = std::make_unique<Parameters<C, T>>();
-        AdamW<T> adamw(grads_->size(), {config_.beta1, config_.beta2, config_.adam_eps, config_.weight_decay});
-        BatchSampler train_sampler(train, batch, block, derived_seed(0));
+        const std::size_t n = grads_->size();
+        // With ZeRO-1 this rank's AdamW holds only its shard of the moments.
+        const Shard shard = plan_.zero1 ? shard_of(n, plan_.rank, plan_.ranks) : Shard{0, n};
+        AdamW<T> adamw(shard.count, {config_.beta1, config_.beta2, config_.adam_eps, config_.weight_decay});
+        if (plan_.zero1) grad_shard_.assign(shard.count, T(0));
+        BatchSampler train_sampler(train, batch, block, train_stream_seed());
         BatchSampler eval_train_sampler(train, batch, block, derived_seed(1));
         BatchSampler eval_val_sampler(val, batch, block, derived_seed(2));
 
         TrainerState state;
         if (options_.resume) {
             const auto from = options_.resume_from.empty() ? options_.out_dir / "latest" : options_.resume_from;
-            state = load_checkpoint(from, model_->parameters, adamw, *grads_);
-            train_sampler.restore(state.train_sampler);
+            state = load_checkpoint_sharded(from, adamw, shard);
+            restore_train_sampler(train_sampler, state, log);
             eval_train_sampler.restore(state.eval_train_sampler);
             eval_val_sampler.restore(state.eval_val_sampler);
             log << "resumed from " << std::filesystem::weakly_canonical(from).string() << " at iteration "
                 << state.iteration << " (" << state.optimizer_steps << " optimizer steps)\n";
-            truncate_metrics(state.iteration);
+            if (state.iteration % plan_.iterations_per_pass != 0) {
+                throw TrainingError("--keep-global-batch with " + std::to_string(plan_.ranks) +
+                                    " ranks runs iterations in groups of " + std::to_string(plan_.ranks) +
+                                    ", but the checkpoint is at iteration " + std::to_string(state.iteration) +
+                                    "; resume it with a rank count that divides " + std::to_string(state.iteration));
+            }
+            if (lead) truncate_metrics(state.iteration);
         } else {
             const InitScheme scheme = model_config_.init == "hf" ? InitScheme::hf : InitScheme::seed;
             model_->init(scheme, model_config_.initializer_range, config_.seed);
-            std::filesystem::remove(metrics_path());
+            if (lead) std::filesystem::remove(metrics_path());
+        }
+        if (plan_.ranks > 1) {
+            agree_across_ranks(state, train, val);
+            // Rank 0's weights are the run's weights; partial gradients saved mid-accumulation are
+            // a sum over all ranks and count once, on rank 0.
+            comm.broadcast(std::span<T>(model_->parameters.data(), n), 0);
+            if (!lead) grads_->set_zero();
         }
         print_header(train, val);
         if (state.iteration >= config_.max_iters) {
@@ -129,15 +196,18 @@ public:
             return {};
         }
 
-        const auto tokens_per_iteration = static_cast<double>(batch * block);
-        const auto n = static_cast<std::size_t>(batch * block);
-        std::vector<std::int32_t> x(n), y(n);
-        std::ofstream metrics(metrics_path(), std::ios::app);
+        const std::int64_t per_pass = plan_.iterations_per_pass;
+        const auto tokens_per_pass = static_cast<double>(batch * block * plan_.ranks);
+        const auto tokens = static_cast<std::size_t>(batch * block);
+        std::vector<std::int32_t> x(tokens), y(tokens);
+        std::ofstream metrics;
+        if (lead) metrics.open(metrics_path(), std::ios::app);
         TrainSummary summary;
-        double seconds_per_iteration = 0;  // moving average
+        double seconds_per_pass = 0;  // moving average
         auto last_print = std::chrono::steady_clock::now() - std::chrono::hours(1);
         const auto started = std::chrono::steady_clock::now();
         const std::int64_t accumulation = config_.gradient_accumulation_steps;
+        double comm_seconds = 0;  // time in the collectives of the current pass
 
         const auto evaluate = [&](std::int64_t e) {
             const double train_loss = mean_loss(eval_train_sampler, x, y);
@@ -147,9 +217,11 @@ public:
             summary.last_eval_val = val_loss;
             curves_.eval_train.push_back({e, train_loss});
             curves_.eval_val.push_back({e, val_loss});
-            metrics << nlohmann::json{{"type", "eval"}, {"iter", e}, {"train_loss", train_loss}, {"val_loss", val_loss}}.dump()
-                    << "\n"
-                    << std::flush;
+            if (lead) {
+                metrics << nlohmann::json{{"type", "eval"}, {"iter", e}, {"train_loss", train_loss}, {"val_loss", val_loss}}.dump()
+                        << "\n"
+                        << std::flush;
+            }
             if (options_.live_line) log << "\n";
             log << "eval at iteration " << e << ": train loss " << train_loss << ", validation loss " << val_loss;
             const bool improved = val_loss < state.best_val_loss;
@@ -157,69 +229,102 @@ public:
             log << (improved ? " (best so far)" : "") << "\n";
             return improved;
         };
+        // Collective: every rank calls it; rank 0 writes.
         const auto checkpoint = [&](std::int64_t next_iteration, bool best) {
             state.iteration = next_iteration;
-            state.train_sampler = train_sampler.state();
+            const bool mid_accumulation = next_iteration % accumulation != 0 && next_iteration < config_.max_iters;
+            if (mid_accumulation && plan_.ranks > 1) {
+                // Gather the partial sums on rank 0 (it saves them; the others continue from zero).
+                comm.allreduce_sum(std::span<T>(grads_->data(), n));
+                if (!lead) grads_->set_zero();
+            }
+            collect_train_samplers(state, train_sampler);
             state.eval_train_sampler = eval_train_sampler.state();
             state.eval_val_sampler = eval_val_sampler.state();
-            const bool mid_accumulation = next_iteration % accumulation != 0 && next_iteration < config_.max_iters;
+            const AdamW<T> gathered = plan_.zero1 ? gather_moments(adamw, shard) : AdamW<T>();
+            if (!lead) return;
             const Parameters<C, T>* pending = mid_accumulation ? grads_.get() : nullptr;
-            const auto dir = save_checkpoint(options_.out_dir, "latest", model_->parameters, adamw, state, model_config_,
-                                             config_, pending);
+            const auto dir = save_checkpoint(options_.out_dir, "latest", model_->parameters, plan_.zero1 ? gathered : adamw,
+                                             state, model_config_, config_, pending);
             if (best) detail::replace_symlink(options_.out_dir / "best", std::filesystem::relative(dir, options_.out_dir));
             remove_unlinked_checkpoints(options_.out_dir);
             write_plot();
         };
+        // A collective, timed (the time includes waiting for the slowest rank).
+        const auto collective = [&](auto&& call) {
+            const auto t = std::chrono::steady_clock::now();
+            call();
+            comm_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+        };
 
+        std::vector<double> rank_losses(static_cast<std::size_t>(plan_.ranks));
         std::int64_t e = state.iteration;
-        for (; e < config_.max_iters; ++e) {
+        for (; e < config_.max_iters; e += per_pass) {
             if (e % config_.eval_interval == 0 && e != 0 && state.last_eval_iteration != e) {
                 const bool best = evaluate(e);
                 checkpoint(e, best);
             }
+            if (options_.before_iteration) options_.before_iteration(e);
             const auto t0 = std::chrono::steady_clock::now();
-            train_sampler.next(x, y);
-            const double loss = model_->forward_backward(x, y, batch, block, *grads_, 1.0 / static_cast<double>(accumulation));
-            if (!std::isfinite(loss)) fail_non_finite(e, "loss", loss, model_->parameters, "weight");
-            const double lr = schedule_.at(e);
-            nlohmann::json record = {{"type", "train"}, {"iter", e}, {"loss", loss}, {"lr", lr}};
-            if ((e + 1) % accumulation == 0 || e + 1 == config_.max_iters) {
-                const double norm = clip_grad_norm(grads_->data(), grads_->size(), config_.grad_clip);
-                if (!std::isfinite(norm)) fail_non_finite(e, "gradient norm", norm, *grads_, "gradient");
-                adamw.step(model_->parameters.data(), grads_->data(), lr);
+            comm_seconds = 0;
+            draw_train_batch(train_sampler, x, y);
+            const double loss = model_->forward_backward(x, y, batch, block, *grads_, plan_.loss_scale);
+            // Every rank learns every rank's loss, so all of them agree on what to report and on
+            // whether to stop for a non-finite value.
+            std::fill(rank_losses.begin(), rank_losses.end(), 0.0);
+            rank_losses[static_cast<std::size_t>(plan_.rank)] = loss;
+            if (plan_.ranks > 1) collective([&] { comm.allreduce_sum(std::span<double>(rank_losses)); });
+            const std::vector<double> losses = iteration_losses(rank_losses);
+            for (std::size_t i = 0; i < losses.size(); ++i) {
+                const auto iteration = e + static_cast<std::int64_t>(i);
+                if (!std::isfinite(losses[i])) fail_non_finite(iteration, "loss", losses[i], model_->parameters, "weight");
+            }
+            const std::int64_t last_of_pass = e + per_pass - 1;
+            const double lr = schedule_.at(last_of_pass);
+            double norm = NAN;
+            if ((last_of_pass + 1) % accumulation == 0 || last_of_pass + 1 == config_.max_iters) {
+                norm = optimizer_step(adamw, shard, lr, last_of_pass, collective);
                 grads_->set_zero();
                 ++state.optimizer_steps;
-                record["grad_norm"] = norm;
             }
             const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-            seconds_per_iteration = summary.iterations == 0 ? dt : 0.9 * seconds_per_iteration + 0.1 * dt;
-            summary.iterations += 1;
-            summary.last_train_loss = loss;
-            summary.tokens_per_second = tokens_per_iteration / seconds_per_iteration;
-            record["tokens_per_s"] = summary.tokens_per_second;
-            metrics << record.dump() << "\n";
-            curves_.train.push_back({e, loss});
+            seconds_per_pass = summary.iterations == 0 ? dt : 0.9 * seconds_per_pass + 0.1 * dt;
+            summary.iterations += per_pass;
+            summary.last_train_loss = losses.back();
+            summary.tokens_per_second = tokens_per_pass / seconds_per_pass;
+            for (std::size_t i = 0; i < losses.size(); ++i) {
+                const auto iteration = e + static_cast<std::int64_t>(i);
+                nlohmann::json record = {{"type", "train"}, {"iter", iteration}, {"loss", losses[i]}, {"lr", schedule_.at(iteration)}};
+                if (iteration == last_of_pass) {
+                    if (!std::isnan(norm)) record["grad_norm"] = norm;
+                    record["tokens_per_s"] = summary.tokens_per_second;
+                    if (plan_.ranks > 1) record["comm_s"] = comm_seconds, record["pass_s"] = dt;
+                }
+                if (lead) metrics << record.dump() << "\n";
+                curves_.train.push_back({iteration, losses[i]});
+            }
 
             const auto now = std::chrono::steady_clock::now();
-            const bool last = e + 1 == config_.max_iters;
+            const bool last = last_of_pass + 1 == config_.max_iters;
             const double since_print = std::chrono::duration<double>(now - last_print).count();
             if (options_.live_line ? (since_print > 0.2 || last)
-                                   : ((e + 1) % config_.log_interval == 0 && since_print > 5) || last) {
+                                   : ((last_of_pass + 1) % config_.log_interval == 0 && since_print > 5) || last) {
                 last_print = now;
                 char line[200];
+                const double passes_left = static_cast<double>(config_.max_iters - last_of_pass - 1) / static_cast<double>(per_pass);
                 std::snprintf(line, sizeof line, "iter %lld/%lld | loss %.4f | lr %.3e | %.0f tok/s | ETA %s",
-                              static_cast<long long>(e + 1), static_cast<long long>(config_.max_iters), loss, lr,
-                              summary.tokens_per_second,
-                              detail::format_duration(seconds_per_iteration * static_cast<double>(config_.max_iters - e - 1)).c_str());
+                              static_cast<long long>(last_of_pass + 1), static_cast<long long>(config_.max_iters),
+                              losses.back(), lr, summary.tokens_per_second,
+                              detail::format_duration(seconds_per_pass * passes_left).c_str());
                 log << (options_.live_line ? "\r\033[K" : "") << line << (options_.live_line ? "" : "\n") << std::flush;
             }
-            if (options_.stop_after >= 0 && e + 1 >= options_.stop_after && !last) {
-                ++e;
+            if (options_.stop_after >= 0 && last_of_pass + 1 >= options_.stop_after && !last) {
+                e += per_pass;
                 break;
             }
         }
         if (options_.live_line) log << "\n";
-        metrics.flush();
+        if (lead) metrics.flush();
         bool best = false;
         if (e == config_.max_iters && state.last_eval_iteration != e) best = evaluate(e);
         checkpoint(e, best);
@@ -232,17 +337,209 @@ public:
     const Model<C, Cpu<T>>& model() const { return *model_; }
 
 private:
+    // What data parallelism changes in the loop, from the rank count and the options.
+    struct ParallelPlan {
+        int rank = 0, ranks = 1;
+        bool zero1 = false;                    // only meaningful with more than one rank
+        std::int64_t iterations_per_pass = 1;  // ranks with keep_global_batch (one iteration per rank)
+        std::int64_t micro_batches_per_update = 1;  // on each rank
+        double loss_scale = 1;                 // 1 / (micro-batches per update x ranks)
+    };
+
+    ParallelPlan plan_data_parallel() const {
+        const auto& parallel = options_.parallel;
+        ParallelPlan plan;
+        plan.rank = comm_->rank();
+        plan.ranks = comm_->size();
+        plan.zero1 = parallel.zero1 && plan.ranks > 1;
+        const std::int64_t ranks = plan.ranks, accumulation = config_.gradient_accumulation_steps;
+        if (parallel.keep_global_batch) {
+            const auto require_multiple = [&](const char* what, std::int64_t value) {
+                if (value % ranks != 0) {
+                    throw TrainingError(std::string("--keep-global-batch divides the ") + what + " among the ranks, but " +
+                                        what + " " + std::to_string(value) + " is not divisible by the " +
+                                        std::to_string(ranks) + " ranks; use a rank count that divides it, or change " +
+                                        what);
+                }
+            };
+            require_multiple("gradient_accumulation_steps", accumulation);
+            require_multiple("eval_interval", config_.eval_interval);
+            require_multiple("max_iters", config_.max_iters);
+            if (options_.stop_after >= 0) require_multiple("--stop-after iteration", options_.stop_after);
+            plan.iterations_per_pass = ranks;
+        }
+        plan.micro_batches_per_update = accumulation / plan.iterations_per_pass;
+        plan.loss_scale = 1.0 / (static_cast<double>(plan.micro_batches_per_update) * static_cast<double>(ranks));
+        return plan;
+    }
+
     std::uint64_t derived_seed(std::uint64_t stream) const {
         return detail::splitmix64(config_.seed * 0x100000001B3ull + stream);
     }
 
-    double mean_loss(BatchSampler& sampler, std::vector<std::int32_t>& x, std::vector<std::int32_t>& y) {
-        double total = 0;
-        for (std::int64_t i = 0; i < config_.eval_batches; ++i) {
+    // The training batch stream of this rank: the one-process stream on rank 0 and with shared
+    // sampling, else one derived from (seed, rank).
+    std::uint64_t train_stream_seed() const {
+        if (plan_.rank == 0 || options_.parallel.sampling == BatchSampling::shared) return derived_seed(0);
+        return detail::splitmix64(derived_seed(0) + static_cast<std::uint64_t>(plan_.rank));
+    }
+
+    // This rank's micro-batch. Shared sampling draws every rank's rows in rank order and keeps its
+    // own (the others' windows are read and dropped: a few kilobytes, far cheaper than drawing
+    // differently from a one-process run).
+    void draw_train_batch(BatchSampler& sampler, std::vector<std::int32_t>& x, std::vector<std::int32_t>& y) {
+        if (options_.parallel.sampling != BatchSampling::shared || plan_.ranks == 1) {
             sampler.next(x, y);
-            total += model_->loss(x, y, config_.batch_size, config_.block_size);
+            return;
         }
-        return total / static_cast<double>(config_.eval_batches);
+        other_x_.resize(x.size());
+        other_y_.resize(y.size());
+        for (int r = 0; r < plan_.ranks; ++r) {
+            sampler.next(r == plan_.rank ? std::span(x) : std::span(other_x_), r == plan_.rank ? std::span(y) : std::span(other_y_));
+        }
+    }
+
+    // The losses of the iterations one pass ran, from each rank's micro-batch loss: one per rank
+    // with keep_global_batch, else one iteration whose loss is the mean over the ranks (equal
+    // micro-batches, so the mean of means is the mean over all tokens).
+    std::vector<double> iteration_losses(const std::vector<double>& rank_losses) const {
+        if (plan_.iterations_per_pass > 1) return rank_losses;
+        double sum = 0;
+        for (double l : rank_losses) sum += l;
+        return {sum / static_cast<double>(plan_.ranks)};
+    }
+
+    // Gradients summed over the ranks, clipped by their global norm, then AdamW: the same update
+    // on every rank. Returns the norm before clipping.
+    template <class Collective>
+    double optimizer_step(AdamW<T>& adamw, const Shard& shard, double lr, std::int64_t e, Collective&& collective) {
+        Communicator& comm = *comm_;
+        T* params = model_->parameters.data();
+        T* grads = grads_->data();
+        const std::size_t n = grads_->size();
+        if (!plan_.zero1) {
+            if (plan_.ranks > 1) collective([&] { comm.allreduce_sum(std::span<T>(grads, n)); });
+            const double norm = clip_grad_norm(grads, n, config_.grad_clip);
+            if (!std::isfinite(norm)) fail_non_finite(e, "gradient norm", norm, *grads_, "gradient");
+            adamw.step(params, grads, lr);
+            return norm;
+        }
+        // ZeRO-1: this rank needs only its shard of the summed gradients and updates only its shard
+        // of the weights; the all-gather gives every rank all of them.
+        collective([&] { comm.reduce_scatter_sum(std::span<const T>(grads, n), std::span<T>(grad_shard_)); });
+        const double shard_norm = global_norm(grad_shard_.data(), shard.count);
+        double squares = shard_norm * shard_norm;
+        collective([&] { comm.allreduce_sum(std::span<double>(&squares, 1)); });
+        const double norm = std::sqrt(squares);
+        if (!std::isfinite(norm)) fail_non_finite(e, "gradient norm", norm, *grads_, "gradient");
+        if (config_.grad_clip > 0 && config_.grad_clip / (norm + 1e-6) < 1.0) {  // clip_grad_norm's rule
+            const T coefficient = static_cast<T>(config_.grad_clip / (norm + 1e-6));
+            for (T& g : grad_shard_) g *= coefficient;
+        }
+        adamw.step(params + shard.begin, grad_shard_.data(), lr);
+        collective([&] { comm.allgather(std::span<T>(params, n)); });
+        return norm;
+    }
+
+    // The whole AdamW state on rank 0 (an empty one elsewhere), from the ZeRO-1 shards.
+    AdamW<T> gather_moments(AdamW<T>& adamw, const Shard& shard) {
+        const std::size_t n = grads_->size();
+        const bool lead = plan_.rank == 0;
+        AdamW<T> full = lead ? AdamW<T>(n, adamw.settings()) : AdamW<T>();
+        const auto shard_of_moment = [&](Buffer<T>& m) { return std::span<const T>(m.data(), shard.count); };
+        comm_->gather(n, shard_of_moment(adamw.first_moment()), std::span<T>(full.first_moment()), 0);
+        comm_->gather(n, shard_of_moment(adamw.second_moment()), std::span<T>(full.second_moment()), 0);
+        full.set_steps(adamw.steps());
+        return full;
+    }
+
+    // load_checkpoint, keeping only this rank's shard of the moments with ZeRO-1 (checkpoints
+    // always hold all of them). Every rank reads the checkpoint itself.
+    TrainerState load_checkpoint_sharded(const std::filesystem::path& from, AdamW<T>& adamw, const Shard& shard) {
+        if (!plan_.zero1) return load_checkpoint(from, model_->parameters, adamw, *grads_);
+        AdamW<T> full(grads_->size(), adamw.settings());
+        const TrainerState state = load_checkpoint(from, model_->parameters, full, *grads_);
+        const auto begin = static_cast<std::ptrdiff_t>(shard.begin), end = static_cast<std::ptrdiff_t>(shard.end());
+        std::copy(full.first_moment().begin() + begin, full.first_moment().begin() + end, adamw.first_moment().begin());
+        std::copy(full.second_moment().begin() + begin, full.second_moment().begin() + end, adamw.second_moment().begin());
+        adamw.set_steps(full.steps());
+        return state;
+    }
+
+    // Which saved stream each rank continues: with shared sampling (or on rank 0) the saved
+    // train_sampler; with per-rank sampling, rank r > 0 the saved stream of rank r, or a fresh one
+    // (seeded from (seed, r)) when the checkpoint was written by fewer ranks.
+    void restore_train_sampler(BatchSampler& sampler, const TrainerState& state, std::ostream& log) const {
+        const auto sampling = options_.parallel.sampling;
+        const std::string saved_sampling = state.batch_sampling.empty() ? "per-rank" : state.batch_sampling;
+        if (saved_sampling != batch_sampling_name(sampling) && plan_.ranks > 1) {
+            log << "note: the checkpoint was written with " << saved_sampling << " batch sampling, this run uses "
+                << batch_sampling_name(sampling) << "; rank 0 continues the saved stream\n";
+        }
+        if (plan_.rank == 0 || sampling == BatchSampling::shared) {
+            sampler.restore(state.train_sampler);
+        } else if (static_cast<std::size_t>(plan_.rank) <= state.rank_train_samplers.size()) {
+            sampler.restore(state.rank_train_samplers[static_cast<std::size_t>(plan_.rank) - 1]);
+        }
+    }
+
+    // Every rank's training stream into `state` (collective). Streams of ranks this run does not
+    // have stay as they were loaded.
+    void collect_train_samplers(TrainerState& state, const BatchSampler& sampler) const {
+        state.ranks = plan_.ranks;
+        if (plan_.ranks > 1 || !state.batch_sampling.empty()) state.batch_sampling = batch_sampling_name(options_.parallel.sampling);
+        if (options_.parallel.sampling == BatchSampling::shared || plan_.ranks == 1) {
+            state.train_sampler = sampler.state();
+            return;
+        }
+        const auto streams = comm_->gather_text(sampler.state(), 0);
+        if (plan_.rank != 0) return;
+        state.train_sampler = streams[0];
+        if (state.rank_train_samplers.size() < streams.size() - 1) state.rank_train_samplers.resize(streams.size() - 1);
+        std::copy(streams.begin() + 1, streams.end(), state.rank_train_samplers.begin());
+    }
+
+    // Stops every rank with the same message if any rank runs with other configs, data sizes or
+    // checkpoint than rank 0 (a wrong path on one machine would otherwise train silently apart).
+    void agree_across_ranks(const TrainerState& state, const TokenFile& train, const TokenFile& val) {
+        const nlohmann::json mine = {
+            {"model_config", to_json(model_config_)},
+            {"training_config", to_json(config_)},
+            {"batch_sampling", batch_sampling_name(options_.parallel.sampling)},
+            {"keep_global_batch", options_.parallel.keep_global_batch},
+            {"zero1", options_.parallel.zero1},
+            {"iteration", state.iteration},
+            {"optimizer_steps", state.optimizer_steps},
+            {"train_tokens", train.size()},
+            {"validation_tokens", val.size()},
+        };
+        std::uint64_t hash = 0xcbf29ce484222325ull;  // FNV-1a of the text
+        for (const unsigned char c : mine.dump()) hash = (hash ^ c) * 0x100000001b3ull;
+        std::uint64_t lead_hash = hash;
+        comm_->broadcast(std::span<std::uint64_t>(&lead_hash, 1), 0);
+        if (lead_hash != hash) {
+            throw TrainingError("rank " + std::to_string(plan_.rank) +
+                                " runs with other settings than rank 0 (model config, training config, data-parallel "
+                                "options, data token counts or resumed checkpoint differ); every rank must run the same. "
+                                "This rank's: " + mine.dump());
+        }
+    }
+
+    // The mean loss over eval_batches iterations' worth of batches, split across the ranks: every
+    // rank draws the same stream, computes the batch_size-sequence pieces c with c % ranks == rank,
+    // and the sums are all-reduced. An iteration's worth is R pieces by default (the global
+    // micro-batch) and one with keep_global_batch. One process computes exactly what it always did.
+    double mean_loss(BatchSampler& sampler, std::vector<std::int32_t>& x, std::vector<std::int32_t>& y) {
+        const std::int64_t pieces = config_.eval_batches * (plan_.iterations_per_pass > 1 ? 1 : plan_.ranks);
+        if (plan_.ranks > 1) other_x_.resize(x.size()), other_y_.resize(y.size());
+        double total = 0;
+        for (std::int64_t i = 0; i < pieces; ++i) {
+            const bool mine = i % plan_.ranks == plan_.rank;
+            sampler.next(mine ? std::span(x) : std::span(other_x_), mine ? std::span(y) : std::span(other_y_));
+            if (mine) total += model_->loss(x, y, config_.batch_size, config_.block_size);
+        }
+        if (plan_.ranks > 1) comm_->allreduce_sum(std::span<double>(&total, 1));
+        return total / static_cast<double>(pieces);
     }
 
     std::filesystem::path metrics_path() const { return options_.out_dir / "metrics.jsonl"; }
@@ -299,33 +596,78 @@ private:
     }
 
     void print_header(const TokenFile& train, const TokenFile& val) const {
+        if (plan_.rank != 0) return;
         auto& log = *options_.log;
-        const auto tokens_per_update =
-            static_cast<long long>(config_.batch_size) * config_.block_size * config_.gradient_accumulation_steps;
         log << "gemma3-train: " << config_name<C>() << ", " << parameter_count<C> << " parameters, CPU "
             << (std::is_same_v<T, double> ? "float64" : "float32") << "\n"
             << "data: " << train.path().string() << " (" << train.size() << " tokens), " << val.path().string() << " ("
-            << val.size() << " tokens)\n"
-            << "batch " << config_.batch_size << " x " << config_.block_size << " tokens, "
-            << config_.gradient_accumulation_steps << " micro-batches per update: " << tokens_per_update
-            << " tokens per optimizer step\n"
-            << "schedule: warmup " << config_.warmup_steps << " iterations to lr " << config_.learning_rate
+            << val.size() << " tokens)\n";
+        if (plan_.ranks == 1) {
+            const auto tokens_per_update =
+                static_cast<long long>(config_.batch_size) * config_.block_size * config_.gradient_accumulation_steps;
+            log << "batch " << config_.batch_size << " x " << config_.block_size << " tokens, "
+                << config_.gradient_accumulation_steps << " micro-batches per update: " << tokens_per_update
+                << " tokens per optimizer step\n";
+        } else {
+            print_parallel_header();
+        }
+        log << "schedule: warmup " << config_.warmup_steps << " iterations to lr " << config_.learning_rate
             << ", cosine to " << config_.min_lr << " at iteration " << config_.max_iters << "\n";
         for (const auto& w : model_config_.warnings) log << "warning: " << w << "\n";
         for (const auto& w : config_.warnings) log << "warning: " << w << "\n";
         for (const auto& w : compatibility_warnings(model_config_, config_)) log << "warning: " << w << "\n";
+        if (options_.parallel.zero1 && plan_.ranks == 1) log << "note: ZeRO-1 needs several ranks; one process keeps the whole optimizer\n";
         if (config_.dtype != "float32" && config_.dtype != "float64") {
             log << "note: dtype \"" << config_.dtype << "\" applies to the CUDA back end; the CPU back end trains in "
                 << (std::is_same_v<T, double> ? "float64" : "float32") << "\n";
         }
     }
 
+    // The effective batch, the memory of one rank and the bytes each rank sends per optimizer step.
+    void print_parallel_header() const {
+        auto& log = *options_.log;
+        const long long ranks = plan_.ranks, per_rank = plan_.micro_batches_per_update;
+        const long long sequences = static_cast<long long>(config_.batch_size) * per_rank * ranks;
+        log << "data parallel: " << ranks << " ranks (" << comm_->name() << "), "
+            << batch_sampling_name(options_.parallel.sampling) << " batch sampling"
+            << (plan_.zero1 ? ", ZeRO-1 (AdamW moments sharded)" : "") << "\n"
+            << "effective batch: " << config_.batch_size << " sequences x " << per_rank << " micro-batches x " << ranks
+            << " ranks = " << sequences << " sequences of " << config_.block_size << " tokens = "
+            << sequences * config_.block_size << " tokens per optimizer step";
+        if (options_.parallel.keep_global_batch) {
+            log << " (--keep-global-batch: " << config_.gradient_accumulation_steps << " accumulation steps shared by "
+                << ranks << " ranks)";
+        }
+        log << "\n";
+        const auto mib = [](double bytes) { return std::to_string(std::llround(bytes / (1024.0 * 1024.0))); };
+        const double s = sizeof(T), n = static_cast<double>(grads_->size());
+        const double shard = plan_.zero1 ? static_cast<double>(shard_of(grads_->size(), 0, plan_.ranks).count) : n;
+        const double activations =
+            static_cast<double>(activation_elements(model_config_, config_.batch_size, config_.block_size)) * s;
+        const double moments = 2 * shard * s, gradient_shard = plan_.zero1 ? shard * s : 0;
+        log << "memory per rank: " << mib(2 * n * s + moments + gradient_shard + activations) << " MiB = weights "
+            << mib(n * s) << " + gradients " << mib(n * s) << " + AdamW moments " << mib(moments);
+        if (plan_.zero1) log << " (1/" << ranks << " of " << mib(2 * n * s) << ") + gradient shard " << mib(gradient_shard);
+        log << " + activations " << mib(activations) << " MiB\n";
+        // A ring all-reduce sends 2 (R-1)/R of the buffer from each rank; reduce-scatter and
+        // all-gather send (R-1)/R each, the same total.
+        const double sent = 2.0 * static_cast<double>(ranks - 1) / static_cast<double>(ranks) * n * s;
+        log << "communication per optimizer step: " << mib(sent) << " MiB sent by each rank ("
+            << (plan_.zero1 ? "reduce-scatter of the gradients + all-gather of the weights" : "ring all-reduce of the gradients")
+            << ")\n";
+    }
+
     ModelConfigFile model_config_;
     TrainingConfig config_;
     TrainOptions options_;
     LearningRateSchedule schedule_;
+    SingleProcessCommunicator single_process_;
+    Communicator* comm_;
+    ParallelPlan plan_;
     std::unique_ptr<Model<C, Cpu<T>>> model_;
     std::unique_ptr<Parameters<C, T>> grads_;
+    Buffer<T> grad_shard_;                         // ZeRO-1: this rank's shard of the summed gradients
+    std::vector<std::int32_t> other_x_, other_y_;  // windows drawn for other ranks (shared streams)
     LossCurves curves_;
 };
 
