@@ -83,12 +83,12 @@ public:
     void allreduce_sum(std::span<T> values) {
         allreduce_sum_raw(values.data(), values.size(), scalar_type_of<T>());
     }
-    // `shard` (shard_of(full.size(), rank(), size()).count elements) receives this rank's shard of
-    // the element-wise sum of `full` over all ranks.
+    // In place: afterwards this rank's shard of `full` (shard_of(full.size(), rank(), size())) holds
+    // the element-wise sum over all ranks of that shard; the rest of `full` is unspecified. (No
+    // second buffer: ZeRO-1 updates the weights from the gradient buffer's own shard.)
     template <class T>
-    void reduce_scatter_sum(std::span<const T> full, std::span<T> shard) {
-        check_shard(full.size(), shard.size(), "reduce_scatter_sum");
-        reduce_scatter_sum_raw(full.data(), shard.data(), full.size(), scalar_type_of<T>());
+    void reduce_scatter_sum(std::span<T> full) {
+        reduce_scatter_sum_raw(full.data(), full.size(), scalar_type_of<T>());
     }
     // In place: every rank contributes its shard of `full` (shard_of) and receives all of them.
     template <class T>
@@ -121,7 +121,7 @@ public:
 
 protected:
     virtual void allreduce_sum_raw(void* values, std::size_t n, ScalarType type) = 0;
-    virtual void reduce_scatter_sum_raw(const void* full, void* shard, std::size_t n, ScalarType type) = 0;
+    virtual void reduce_scatter_sum_raw(void* full, std::size_t n, ScalarType type) = 0;
     virtual void allgather_raw(void* full, std::size_t n, ScalarType type) = 0;
     virtual void gather_raw(const void* shard, void* full_on_root, std::size_t n, ScalarType type, int root) = 0;
     virtual void broadcast_bytes(void* bytes, std::size_t n, int root) = 0;
@@ -153,9 +153,7 @@ public:
 
 protected:
     void allreduce_sum_raw(void*, std::size_t, ScalarType) override {}
-    void reduce_scatter_sum_raw(const void* full, void* shard, std::size_t n, ScalarType type) override {
-        if (n > 0) std::memcpy(shard, full, n * scalar_bytes(type));
-    }
+    void reduce_scatter_sum_raw(void*, std::size_t, ScalarType) override {}
     void allgather_raw(void*, std::size_t, ScalarType) override {}
     void gather_raw(const void* shard, void* full, std::size_t n, ScalarType type, int) override {
         if (n > 0) std::memcpy(full, shard, n * scalar_bytes(type));
@@ -255,10 +253,13 @@ protected:
         }
     }
 
-    void reduce_scatter_sum_raw(const void* full, void* shard, std::size_t n, ScalarType type) override {
+    void reduce_scatter_sum_raw(void* full, std::size_t n, ScalarType type) override {
         const auto [counts, offsets] = shard_counts(n, "reduce_scatter_sum");
-        (void)offsets;
-        check(MPI_Reduce_scatter(full, shard, counts.data(), mpi_type(type), MPI_SUM, comm_), "MPI_Reduce_scatter");
+        check(MPI_Reduce_scatter(MPI_IN_PLACE, full, counts.data(), mpi_type(type), MPI_SUM, comm_), "MPI_Reduce_scatter");
+        // MPI_IN_PLACE leaves the result at the start of the buffer; move it to the shard's place.
+        const std::size_t bytes = scalar_bytes(type), mine = static_cast<std::size_t>(rank_);
+        auto* base = static_cast<std::byte*>(full);
+        std::memmove(base + static_cast<std::size_t>(offsets[mine]) * bytes, base, static_cast<std::size_t>(counts[mine]) * bytes);
     }
 
     void allgather_raw(void* full, std::size_t n, ScalarType type) override {
@@ -342,8 +343,9 @@ inline std::unique_ptr<Communicator> make_communicator([[maybe_unused]] int* arg
 #else
     if (launched > 1) {
         throw DistributedError("started by an MPI launcher as one of " + std::to_string(launched) +
-                               " processes, but this program was built without MPI (CMake did not find it: install "
-                               "Debian's libopenmpi-dev and reconfigure). Run it without mpirun to train in one process.");
+                               " processes, but this program was built without MPI (GEMMA3_MPI=OFF, or CMake did not find "
+                               "MPI: install Debian's libopenmpi-dev and reconfigure). Run it without mpirun to train in "
+                               "one process.");
     }
 #endif
     return std::make_unique<SingleProcessCommunicator>();

@@ -156,7 +156,6 @@ public:
         // With ZeRO-1 this rank's AdamW holds only its shard of the moments.
         const Shard shard = plan_.zero1 ? shard_of(n, plan_.rank, plan_.ranks) : Shard{0, n};
         AdamW<T> adamw(shard.count, {config_.beta1, config_.beta2, config_.adam_eps, config_.weight_decay});
-        if (plan_.zero1) grad_shard_.assign(shard.count, T(0));
         BatchSampler train_sampler(train, batch, block, train_stream_seed());
         BatchSampler eval_train_sampler(train, batch, block, derived_seed(1));
         BatchSampler eval_val_sampler(val, batch, block, derived_seed(2));
@@ -426,17 +425,18 @@ private:
         }
         // ZeRO-1: this rank needs only its shard of the summed gradients and updates only its shard
         // of the weights; the all-gather gives every rank all of them.
-        collective([&] { comm.reduce_scatter_sum(std::span<const T>(grads, n), std::span<T>(grad_shard_)); });
-        const double shard_norm = global_norm(grad_shard_.data(), shard.count);
+        collective([&] { comm.reduce_scatter_sum(std::span<T>(grads, n)); });
+        T* grad_shard = grads + shard.begin;
+        const double shard_norm = global_norm(grad_shard, shard.count);
         double squares = shard_norm * shard_norm;
         collective([&] { comm.allreduce_sum(std::span<double>(&squares, 1)); });
         const double norm = std::sqrt(squares);
         if (!std::isfinite(norm)) fail_non_finite(e, "gradient norm", norm, *grads_, "gradient");
         if (config_.grad_clip > 0 && config_.grad_clip / (norm + 1e-6) < 1.0) {  // clip_grad_norm's rule
             const T coefficient = static_cast<T>(config_.grad_clip / (norm + 1e-6));
-            for (T& g : grad_shard_) g *= coefficient;
+            for (std::size_t i = 0; i < shard.count; ++i) grad_shard[i] *= coefficient;
         }
-        adamw.step(params + shard.begin, grad_shard_.data(), lr);
+        adamw.step(params + shard.begin, grad_shard, lr);
         collective([&] { comm.allgather(std::span<T>(params, n)); });
         return norm;
     }
@@ -644,10 +644,10 @@ private:
         const double shard = plan_.zero1 ? static_cast<double>(shard_of(grads_->size(), 0, plan_.ranks).count) : n;
         const double activations =
             static_cast<double>(activation_elements(model_config_, config_.batch_size, config_.block_size)) * s;
-        const double moments = 2 * shard * s, gradient_shard = plan_.zero1 ? shard * s : 0;
-        log << "memory per rank: " << mib(2 * n * s + moments + gradient_shard + activations) << " MiB = weights "
-            << mib(n * s) << " + gradients " << mib(n * s) << " + AdamW moments " << mib(moments);
-        if (plan_.zero1) log << " (1/" << ranks << " of " << mib(2 * n * s) << ") + gradient shard " << mib(gradient_shard);
+        const double moments = 2 * shard * s;
+        log << "memory per rank: " << mib(2 * n * s + moments + activations) << " MiB = weights " << mib(n * s)
+            << " + gradients " << mib(n * s) << " + AdamW moments " << mib(moments);
+        if (plan_.zero1) log << " (1/" << ranks << " of " << mib(2 * n * s) << ")";
         log << " + activations " << mib(activations) << " MiB\n";
         // A ring all-reduce sends 2 (R-1)/R of the buffer from each rank; reduce-scatter and
         // all-gather send (R-1)/R each, the same total.
@@ -666,7 +666,6 @@ private:
     ParallelPlan plan_;
     std::unique_ptr<Model<C, Cpu<T>>> model_;
     std::unique_ptr<Parameters<C, T>> grads_;
-    Buffer<T> grad_shard_;                         // ZeRO-1: this rank's shard of the summed gradients
     std::vector<std::int32_t> other_x_, other_y_;  // windows drawn for other ranks (shared streams)
     LossCurves curves_;
 };
