@@ -118,8 +118,7 @@ int main(int argc, char** argv) {
     app.add_flag("--eot-between-documents,!--no-eot-between-documents", options.eot_between_documents,
                  "put one <|endoftext|> token (50256) between consecutive documents (default: on). The seed "
                  "concatenates stories with no separator, which teaches the model spurious continuations from one "
-                 "document into the next and gives generation no natural stop; the cost is one token per document")
-        ->capture_default_str();
+                 "document into the next and gives generation no natural stop; the cost is one token per document");
     app.add_flag("--replace-invalid-utf8", replace_invalid,
                  "replace invalid UTF-8 sequences with U+FFFD (default: stop with an error naming the file and byte "
                  "offset; left alone, the tokenizer would stop splitting words at the first bad byte)");
