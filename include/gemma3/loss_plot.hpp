@@ -76,10 +76,14 @@ inline std::string loss_curve_svg(const LossCurves& c, const std::string& title)
         s << "\"/>\n";
     };
     polyline(c.train, "#9ecae1", 1);
-    std::vector<LossPoint> smooth;  // exponential moving average of the training loss
+    // Exponential moving average over about 1/40 of the run; a running mean until that many points
+    // exist, so the curve does not lag behind at the start.
+    std::vector<LossPoint> smooth;
+    const double span = std::max<double>(5, static_cast<double>(c.train.size()) / 40);
     double ema = 0;
     for (std::size_t i = 0; i < c.train.size(); ++i) {
-        ema = i == 0 ? c.train[i].loss : 0.95 * ema + 0.05 * c.train[i].loss;
+        const double weight = std::max(2 / (span + 1), 1.0 / static_cast<double>(i + 1));
+        ema += weight * (c.train[i].loss - ema);
         smooth.push_back({c.train[i].iteration, ema});
     }
     polyline(smooth, "#3182bd", 2);
