@@ -65,6 +65,27 @@ if(GEMMA3_CUDA_ENABLED AND NOT TARGET gemma3_cuda)
   target_link_libraries(gemma3_cuda INTERFACE gemma3 CUDA::cudart CUDA::cublasLt)
   # CMake 3.25 does not know nvcc's C++20 flag (CUDA_STANDARD 20 fails), so ask for it directly.
   target_compile_options(gemma3_cuda INTERFACE $<$<COMPILE_LANGUAGE:CUDA>:-std=c++20>)
+  # The CPU types the CUDA model shares (parameters, weights I/O) use Eigen on the host only:
+  # EIGEN_NO_CUDA keeps Eigen from annotating them __host__ __device__ under nvcc.
+  target_compile_definitions(gemma3_cuda INTERFACE $<$<COMPILE_LANGUAGE:CUDA>:EIGEN_NO_CUDA>)
+endif()
+
+# NCCL (shipped with the CUDA toolkit or libnccl-dev) for the gradient all-reduce of data-parallel
+# GPU training: gemma3::nccl defines GEMMA3_HAVE_NCCL, which compiles cuda::NcclAllReduce
+# (include/gemma3/cuda/training.cuh).
+set(GEMMA3_NCCL_ENABLED OFF)
+if(GEMMA3_CUDA_ENABLED)
+  find_path(GEMMA3_NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS})
+  find_library(GEMMA3_NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR})
+  if(GEMMA3_NCCL_INCLUDE_DIR AND GEMMA3_NCCL_LIBRARY AND NOT TARGET gemma3_nccl)
+    add_library(gemma3_nccl INTERFACE)
+    add_library(gemma3::nccl ALIAS gemma3_nccl)
+    target_include_directories(gemma3_nccl INTERFACE ${GEMMA3_NCCL_INCLUDE_DIR})
+    target_link_libraries(gemma3_nccl INTERFACE gemma3_cuda ${GEMMA3_NCCL_LIBRARY})
+    target_compile_definitions(gemma3_nccl INTERFACE GEMMA3_HAVE_NCCL)
+    set(GEMMA3_NCCL_ENABLED ON)
+    message(STATUS "gemma3: NCCL found (${GEMMA3_NCCL_LIBRARY}); GPU gradient all-reduce available")
+  endif()
 endif()
 
 if(GEMMA3_CUDA_ENABLED)
@@ -78,8 +99,28 @@ function(gemma3_cuda_device_flags target)
   set_target_properties(${target} PROPERTIES
     CUDA_COMPILER_LAUNCHER "${Python3_EXECUTABLE};${PROJECT_SOURCE_DIR}/scripts/check_ptxas.py;capture;--")
   # -std=c++20 by hand: CMake 3.25 does not know nvcc's flag for CUDA_STANDARD 20.
+  # EIGEN_NO_CUDA and -Wno-unknown-pragmas: host-only Eigen code in .cu files (CPU references in the
+  # tests, the model's parameter types); Eigen emits nvcc's `#pragma diag_suppress`, which the host
+  # compiler does not know.
   target_compile_options(${target} PRIVATE
-    $<$<COMPILE_LANGUAGE:CUDA>:-std=c++20 --Werror=all-warnings -Xptxas=-v -Xcompiler=-Wall,-Wextra,-Werror>)
+    $<$<COMPILE_LANGUAGE:CUDA>:-std=c++20 --Werror=all-warnings -Xptxas=-v -Xcompiler=-Wall,-Wextra,-Werror,-Wno-unknown-pragmas>)
+  target_compile_definitions(${target} PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:EIGEN_NO_CUDA>)
+  # The host code nvcc compiles shares inline functions (Eigen-based parameter and reference types)
+  # with the host compiler's translation units of the same executable, and the linker keeps one copy
+  # of each. Eigen's heap alignment follows -march (64 bytes with AVX-512, 16 without), so both sides
+  # must use the same -march, or memory allocated by one copy is freed by the other.
+  if(GEMMA3_NATIVE)
+    target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-march=native>)
+  endif()
+  if(OpenMP_CXX_FLAGS)
+    target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=${OpenMP_CXX_FLAGS}>)
+  endif()
+  if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU" AND CMAKE_CXX_COMPILER_VERSION VERSION_LESS 13)
+    # GCC 12's false (maybe-)uninitialized reports inside its AVX-512 intrinsics (GCC bug 105593),
+    # as for the project's host code.
+    target_compile_options(${target} PRIVATE
+      $<$<COMPILE_LANGUAGE:CUDA>:-Xcompiler=-Wno-maybe-uninitialized,-Wno-uninitialized>)
+  endif()
 endfunction()
 
 # gemma3_add_cuda_test(<name> SOURCES <.cu>... [EMULATOR_SOURCES <.cpp>...])
@@ -115,6 +156,11 @@ function(gemma3_add_cuda_test name)
     GEMMA3_TEST_DATA_DIR="${PROJECT_SOURCE_DIR}/tests/data" GEMMA3_SOURCE_DIR="${PROJECT_SOURCE_DIR}")
   if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
     target_compile_options(${name} PRIVATE -Werror)
+  endif()
+  if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU" AND CMAKE_CXX_COMPILER_VERSION VERSION_LESS 13)
+    # GCC 12 reports -Wuninitialized inside its own AVX-512 intrinsics (GCC bug 105593) when the
+    # CPU references' Eigen code is built with -march=native; -Werror would turn that into a failure.
+    target_compile_options(${name} PRIVATE -Wno-uninitialized)
   endif()
   # Exported symbols let the emulator name kernels in its messages (dladdr).
   set_target_properties(${name} PROPERTIES ENABLE_EXPORTS ON RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests)
