@@ -355,10 +355,10 @@ private:
         if (parallel.keep_global_batch) {
             const auto require_multiple = [&](const char* what, std::int64_t value) {
                 if (value % ranks != 0) {
-                    throw TrainingError(std::string("--keep-global-batch divides the ") + what + " among the ranks, but " +
-                                        what + " " + std::to_string(value) + " is not divisible by the " +
-                                        std::to_string(ranks) + " ranks; use a rank count that divides it, or change " +
-                                        what);
+                    throw TrainingError(std::string("--keep-global-batch: ") + what + " " + std::to_string(value) +
+                                        " is not divisible by the " + std::to_string(ranks) +
+                                        " ranks (they share each update's micro-batches and run iterations in groups of " +
+                                        std::to_string(ranks) + "); use a rank count that divides it, or change " + what);
                 }
             };
             require_multiple("gradient_accumulation_steps", accumulation);
