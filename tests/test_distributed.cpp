@@ -219,6 +219,14 @@ void check_identical(const fs::path& a, const fs::path& b) {
 constexpr double weight_tolerance = 2e-10;
 constexpr double metrics_tolerance = 1e-12;
 
+// Run `b` is the training of run `a`, up to summation order.
+void check_equivalent(const fs::path& a, const fs::path& b, const std::string& what) {
+    const double metrics_error = metrics_difference(a, b), weight_error = weight_difference(a, b);
+    MESSAGE(what, ": metrics ", metrics_error, ", weights ", weight_error);
+    CHECK(metrics_error < metrics_tolerance);
+    CHECK(weight_error < weight_tolerance);
+}
+
 }  // namespace
 
 TEST_CASE("under mpirun with one rank, training is bit-identical to a run without mpirun") {
@@ -235,26 +243,17 @@ TEST_CASE("2 ranks x half the batch give the weights of 1 rank x the full batch"
     SUBCASE("replicated optimizer: all-reduce of the gradients") {
         const auto split = fresh_dir("equivalence_split");
         train(2, split, "--batch-size 2 --batch-sampling shared");
-        const double metrics_error = metrics_difference(reference, split), weight_error = weight_difference(reference, split);
-        MESSAGE("2 ranks x 2 sequences vs 1 x 4: metrics ", metrics_error, ", weights ", weight_error);
-        CHECK(metrics_error < metrics_tolerance);
-        CHECK(weight_error < weight_tolerance);
+        check_equivalent(reference, split, "2 ranks x 2 sequences vs 1 x 4");
     }
     SUBCASE("ZeRO-1: reduce-scatter, sharded AdamW, all-gather") {
         const auto zero = fresh_dir("equivalence_zero1");
         train(2, zero, "--batch-size 2 --batch-sampling shared --zero1");
-        const double metrics_error = metrics_difference(reference, zero), weight_error = weight_difference(reference, zero);
-        MESSAGE("ZeRO-1, 2 ranks x 2 sequences vs 1 x 4: metrics ", metrics_error, ", weights ", weight_error);
-        CHECK(metrics_error < metrics_tolerance);
-        CHECK(weight_error < weight_tolerance);
+        check_equivalent(reference, zero, "ZeRO-1, 2 ranks x 2 sequences vs 1 x 4");
     }
     SUBCASE("--keep-global-batch: the accumulation steps divided between the ranks") {
         const auto kept = fresh_dir("equivalence_keep_global");
         train(2, kept, "--keep-global-batch --batch-sampling shared");
-        const double metrics_error = metrics_difference(reference, kept), weight_error = weight_difference(reference, kept);
-        MESSAGE("--keep-global-batch, 2 ranks x 1 micro-batch vs 1 x 2: metrics ", metrics_error, ", weights ", weight_error);
-        CHECK(metrics_error < metrics_tolerance);
-        CHECK(weight_error < weight_tolerance);
+        check_equivalent(reference, kept, "--keep-global-batch, 2 ranks x 1 micro-batch vs 1 x 2");
     }
 }
 
@@ -271,19 +270,13 @@ TEST_CASE("a 2-rank checkpoint resumes on 1 rank and a 1-rank checkpoint on 2 ra
         train(2, out, "--batch-size 2 --batch-sampling shared --zero1 --stop-after 5");
         CHECK(fs::read_symlink(out / "latest") == fs::path("checkpoints") / "iter-00000005");
         train(0, out, "--resume");
-        const double metrics_error = metrics_difference(reference, out), weight_error = weight_difference(reference, out);
-        MESSAGE("2 ranks (ZeRO-1) -> 1 rank: metrics ", metrics_error, ", weights ", weight_error);
-        CHECK(metrics_error < metrics_tolerance);
-        CHECK(weight_error < weight_tolerance);
+        check_equivalent(reference, out, "2 ranks (ZeRO-1) -> 1 rank");
     }
     SUBCASE("1 rank, then 2 ranks") {
         const auto out = fresh_dir("resume_1_to_2");
         train(0, out, "--stop-after 5");
         train(2, out, "--batch-size 2 --batch-sampling shared --resume");
-        const double metrics_error = metrics_difference(reference, out), weight_error = weight_difference(reference, out);
-        MESSAGE("1 rank -> 2 ranks: metrics ", metrics_error, ", weights ", weight_error);
-        CHECK(metrics_error < metrics_tolerance);
-        CHECK(weight_error < weight_tolerance);
+        check_equivalent(reference, out, "1 rank -> 2 ranks");
     }
 }
 
