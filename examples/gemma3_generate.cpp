@@ -1,6 +1,6 @@
 // gemma3-generate: text from a trained model, with a KV cache.
 //
-//   build/bin/gemma3-generate --checkpoint out/demo/best --prompt "And God said" \
+//   build/bin/gemma3-generate --checkpoint out/demo/best --prompt "And God said"
 //       --max-new-tokens 100 --temperature 0.8 --top-k 40
 //
 // Loads checkpoints written by gemma3-train and Hugging Face directories (config.json +

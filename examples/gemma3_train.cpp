@@ -1,7 +1,7 @@
 // gemma3-train: the seed's training loop, driven by config/model_config.json and
 // config/training_config.json. Every training field can be overridden on the command line.
 //
-//   build/bin/gemma3-train --model-config config/demo_model_config.json \
+//   build/bin/gemma3-train --model-config config/demo_model_config.json
 //       --training-config config/demo_training_config.json --data-dir data/kjv --out-dir out/demo
 //   build/bin/gemma3-train ... --resume            # continue from <out-dir>/latest
 //   mpirun -np 2 build/bin/gemma3-train ...        # data-parallel over 2 processes (MPI)
