@@ -8,13 +8,15 @@
 // Each step is `accumulation` forward_backward calls on random tokens, the global-norm clip and one
 // AdamW step, as gemma3-train does (TrainingState, include/gemma3/cuda/training.cuh).
 //
-// Model FLOPs per token (the MFU numerator, PaLM's convention with exact attention counts):
+// Model FLOPs per token (the MFU numerator) are gemma3-info's (footprint.hpp, training_flops_per_token):
 //   6 x (matrix parameters: q/k/v/o, gate/up/down, the output head; not the embedding gather or norms)
 //   + 12 x heads x head_dim x (mean number of keys a query attends to) per layer
-// (forward 2 + backward 4 FLOPs per multiply-add; a query at position i sees min(i + 1, window) keys
-// on sliding layers and i + 1 on full ones). The peak is dense bf16 with fp32 accumulation.
+// (a query at position i sees min(i + 1, window) keys on sliding layers and i + 1 on full ones).
+// The peak is dense bf16 with fp32 accumulation (cuda::bf16_peak_tflops, or --peak-tflops).
+#include <gemma3/config_file.hpp>
 #include <gemma3/configs.hpp>
 #include <gemma3/cuda/training.cuh>
+#include <gemma3/footprint.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -58,8 +60,10 @@ Options parse(int argc, char** argv) {
         const std::string key(arg.substr(0, eq)), value(arg.substr(eq + 1));
         char* end = nullptr;
         const double number = std::strtod(value.c_str(), &end);
-        if (end == value.c_str() || *end != '\0' || !(number > 0) || (key != "--peak-tflops" && number != static_cast<int>(number)))
-            usage(key + "=" + value + ": expected a positive " + (key == "--peak-tflops" ? "number" : "integer"));
+        const bool whole = key != "--peak-tflops", zero_allowed = key == "--warmup";
+        if (end == value.c_str() || *end != '\0' || !(number >= (zero_allowed ? 0 : 1e-9)) || number > 1e9 ||
+            (whole && number != static_cast<double>(static_cast<int>(number))))
+            usage(key + "=" + value + ": expected a " + (zero_allowed ? "non-negative" : "positive") + (whole ? " integer" : " number"));
         if (key == "--batch") o.batch = static_cast<int>(number);
         else if (key == "--seq") o.seq = static_cast<int>(number);
         else if (key == "--accumulation") o.accumulation = static_cast<int>(number);
@@ -70,39 +74,6 @@ Options parse(int argc, char** argv) {
     }
     if (o.seq > Dims::context) usage("--seq exceeds the context length " + std::to_string(Dims::context));
     return o;
-}
-
-// Dense bf16 tensor-core peaks (fp32 accumulation) from NVIDIA's data sheets, matched against the
-// device name in order (more specific names first).
-double table_peak_tflops(const std::string& name) {
-    struct Entry {
-        const char* part;
-        double tflops;
-    };
-    static const Entry table[] = {
-        {"B200", 2250}, {"H200", 989},      {"GH200", 989},    {"H100 PCIe", 756}, {"H100 NVL", 835}, {"H100", 989},
-        {"H800", 989},  {"A100", 312},      {"A800", 312},     {"A30", 165},       {"A10G", 70},      {"A10", 125},
-        {"L40S", 362},  {"L40", 181},       {"L4", 121},       {"RTX 4090", 165},  {"RTX 3090", 71},  {"RTX A6000", 155},
-    };
-    for (const Entry& e : table)
-        if (name.find(e.part) != std::string::npos) return e.tflops;
-    return 0;
-}
-
-double matrix_parameters() {
-    const double d = Dims::model, f = Dims::ffn, q = Dims::q, kv = Dims::kv, v = Dims::vocab;
-    return Dims::layers * (d * (q + 2 * kv) + q * d + 3 * d * f) + v * d;
-}
-
-double attention_flops_per_token(int seq) {
-    double total = 0;
-    for (int l = 0; l < Dims::layers; ++l) {
-        double keys = 0;
-        for (int i = 0; i < seq; ++i)
-            keys += Dims::kind(l) == gemma3::AttentionKind::sliding ? std::min(i + 1, Dims::window) : i + 1;
-        total += 12.0 * Dims::heads * Dims::head * keys / seq;
-    }
-    return total;
 }
 
 double gib(double bytes) { return bytes / (1024.0 * 1024.0 * 1024.0); }
@@ -120,15 +91,10 @@ int main(int argc, char** argv) {
         cudaDeviceProp properties{};
         GEMMA3_CUDA_CHECK(cudaGetDeviceProperties(&properties, 0));
         const std::string device = properties.name;
-        std::size_t free_bytes = 0, total_bytes = 0;
-        GEMMA3_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
-        const std::size_t baseline_used = total_bytes - free_bytes;
-        std::size_t min_free = free_bytes;
-        const auto sample_memory = [&] {
-            std::size_t f = 0, t = 0;
-            GEMMA3_CUDA_CHECK(cudaMemGetInfo(&f, &t));
-            min_free = std::min(min_free, f);
-        };
+        const std::size_t total_bytes = properties.totalGlobalMem;
+        const std::size_t baseline_used = cu::device_memory_in_use();
+        std::size_t peak_used = baseline_used;
+        const auto sample_memory = [&] { peak_used = std::max(peak_used, cu::device_memory_in_use()); };
 
         gemma3::Model<Config, gemma3::Cuda> model;
         model.init(gemma3::InitScheme::seed, 0.02, 1);
@@ -163,20 +129,22 @@ int main(int argc, char** argv) {
 
         const double tokens = static_cast<double>(n) * o.accumulation * o.steps;
         const double tokens_per_second = tokens / seconds;
-        const double flops_per_token = 6.0 * matrix_parameters() + attention_flops_per_token(o.seq);
-        const double peak = o.peak_tflops > 0 ? o.peak_tflops : table_peak_tflops(device);
+        const gemma3::ModelConfigFile config = gemma3::config_file_of<Config>();
+        const double flops_per_token = gemma3::training_flops_per_token(config, o.seq);
+        const double matrices = static_cast<double>(gemma3::count_parameters(config).matrices);
+        const double peak = o.peak_tflops > 0 ? o.peak_tflops : cu::bf16_peak_tflops(device);
         std::printf("step: %.2f ms (%d timed after %d warm-up), last loss %.4f, gradient norm %.4f\n", 1e3 * seconds / o.steps, o.steps,
                     o.warmup, last_loss, last_norm);
         std::printf("tokens/s: %.0f\n", tokens_per_second);
         std::printf("model FLOPs per token: %.3f GFLOP (6 x %.1fM matrix parameters + %.3f GFLOP attention)\n", flops_per_token / 1e9,
-                    matrix_parameters() / 1e6, attention_flops_per_token(o.seq) / 1e9);
+                    matrices / 1e6, (flops_per_token - 6 * matrices) / 1e9);
         if (peak > 0) {
             std::printf("MFU: %.1f%% of %.0f TFLOPS (dense bf16)\n", 100.0 * tokens_per_second * flops_per_token / (peak * 1e12), peak);
         } else {
             std::printf("MFU: n/a (no bf16 peak known for \"%s\"; pass --peak-tflops=X)\n", device.c_str());
         }
         std::printf("peak device memory: %.2f GiB in use (%.2f GiB before the model; model and training state %.2f GiB)\n",
-                    gib(static_cast<double>(total_bytes - min_free)), gib(static_cast<double>(baseline_used)),
+                    gib(static_cast<double>(peak_used)), gib(static_cast<double>(baseline_used)),
                     gib(static_cast<double>(model.device_bytes()) + 16.0 * static_cast<double>(gemma3::parameter_count<Config>)));
     } catch (const std::exception& error) {
         std::fprintf(stderr, "gemma3-gpu-train-bench: %s\n", error.what());

@@ -31,6 +31,7 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 
 #if !GEMMA3_CUDA_IS_EMULATED && defined(GEMMA3_HAVE_NCCL)
 #include <nccl.h>
@@ -138,6 +139,36 @@ private:
     DeviceBuffer<double> partials_, squared_norm_;
     std::int64_t steps_ = 0;
 };
+
+// The dense bf16 tensor-core peak (fp32 accumulation) of a GPU in TFLOPS, from NVIDIA's data sheets,
+// matched against its name (cudaDeviceProp::name); 0 when unknown. For model FLOPs utilisation:
+// tokens/s x training_flops_per_token (footprint.hpp) / (peak x 1e12).
+inline double bf16_peak_tflops(std::string_view device_name) {
+    struct Entry {
+        std::string_view part;
+        double tflops;
+    };
+    // More specific names first ("H100 PCIe" before "H100", "A10G" before "A10").
+    static constexpr Entry table[] = {
+        {"B200", 2250}, {"H200", 989},     {"GH200", 989},   {"H100 PCIe", 756}, {"H100 NVL", 835},     {"H100", 989},
+        {"H800", 989},  {"A100", 312},     {"A800", 312},    {"A30", 165},       {"A10G", 70},          {"A10", 125},
+        {"L40S", 362},  {"L40", 181},      {"L4", 121},      {"RTX 4090", 165},  {"RTX 3090", 71},      {"RTX A6000", 155},
+    };
+    for (const Entry& e : table)
+        if (device_name.find(e.part) != std::string_view::npos) return e.tflops;
+    return 0;
+}
+
+#if !GEMMA3_CUDA_IS_EMULATED
+// Bytes of device memory in use on the current device (all processes), from cudaMemGetInfo.
+// Sampled after each step it gives the peak of a training run whose buffers are all allocated up
+// front (this back end allocates nothing inside a step). Not available in emulation.
+inline std::size_t device_memory_in_use() {
+    std::size_t free_bytes = 0, total_bytes = 0;
+    GEMMA3_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    return total_bytes - free_bytes;
+}
+#endif
 
 #if !GEMMA3_CUDA_IS_EMULATED && defined(GEMMA3_HAVE_NCCL)
 // Sums a device buffer over the ranks of a data-parallel job with NCCL (one ncclAllReduce call over
