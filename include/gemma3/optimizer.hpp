@@ -28,10 +28,12 @@ public:
     AdamW() = default;
     AdamW(std::size_t size, AdamWSettings settings) : settings_(settings), m_(size, T(0)), v_(size, T(0)) {}
 
-    // One step at learning rate lr:
+    // One step at learning rate lr, with g = grad_scale * grads (the clipping coefficient):
     //   p -= lr * wd * p;  m = b1 m + (1 - b1) g;  v = b2 v + (1 - b2) g^2
     //   p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
-    void step(T* params, const T* grads, double lr) {
+    // With zero_grads the gradients are cleared in the same pass (ready for the next accumulation),
+    // saving two passes over a buffer as large as the model.
+    void step(T* params, T* grads, double lr, double grad_scale = 1.0, bool zero_grads = false) {
         ++step_;
         const double b1 = settings_.beta1, b2 = settings_.beta2;
         const double bias1 = 1.0 - std::pow(b1, static_cast<double>(step_));
@@ -40,10 +42,12 @@ public:
         const T step_size = static_cast<T>(lr / bias1);
         const T inv_bias2_sqrt = static_cast<T>(1.0 / bias2_sqrt);
         const T eps = static_cast<T>(settings_.eps), tb1 = static_cast<T>(b1), tb2 = static_cast<T>(b2);
+        const T scale = static_cast<T>(grad_scale);
         const auto n = static_cast<std::ptrdiff_t>(m_.size());
 #pragma omp parallel for schedule(static)
         for (std::ptrdiff_t i = 0; i < n; ++i) {
-            const T g = grads[i];
+            const T g = grad_scale == 1.0 ? grads[i] : grads[i] * scale;
+            if (zero_grads) grads[i] = T(0);
             T& m = m_[static_cast<std::size_t>(i)];
             T& v = v_[static_cast<std::size_t>(i)];
             params[i] *= decay;
@@ -85,18 +89,23 @@ double global_norm(const T* values, std::size_t n) {
     return std::sqrt(total);
 }
 
-// torch.nn.utils.clip_grad_norm_: scales the gradients by min(1, max_norm / (norm + 1e-6)).
-// Returns the norm before clipping. max_norm <= 0 disables clipping.
+// torch.nn.utils.clip_grad_norm_'s factor for gradients of global norm `norm`: min(1, max_norm /
+// (norm + 1e-6)), or 1 when max_norm <= 0 (clipping off).
+inline double clip_coefficient(double norm, double max_norm) {
+    if (max_norm <= 0) return 1.0;
+    return std::min(1.0, max_norm / (norm + 1e-6));
+}
+
+// torch.nn.utils.clip_grad_norm_: scales the gradients by clip_coefficient. Returns the norm before
+// clipping. (The trainer instead passes the coefficient to AdamW::step, which applies it in its pass.)
 template <class T>
 double clip_grad_norm(T* grads, std::size_t n, double max_norm) {
     const double norm = global_norm(grads, n);
-    if (max_norm > 0) {
-        const double coefficient = max_norm / (norm + 1e-6);
-        if (coefficient < 1.0) {
-            const T c = static_cast<T>(coefficient);
+    const double coefficient = clip_coefficient(norm, max_norm);
+    if (coefficient < 1.0) {
+        const T c = static_cast<T>(coefficient);
 #pragma omp parallel for schedule(static)
-            for (std::ptrdiff_t i = 0; i < static_cast<std::ptrdiff_t>(n); ++i) grads[i] *= c;
-        }
+        for (std::ptrdiff_t i = 0; i < static_cast<std::ptrdiff_t>(n); ++i) grads[i] *= c;
     }
     return norm;
 }

@@ -282,8 +282,7 @@ public:
             const double lr = schedule_.at(last_of_pass);
             double norm = NAN;
             if ((last_of_pass + 1) % accumulation == 0 || last_of_pass + 1 == config_.max_iters) {
-                norm = optimizer_step(adamw, shard, lr, last_of_pass, collective);
-                grads_->set_zero();
+                norm = optimizer_step(adamw, shard, lr, last_of_pass, collective);  // leaves the gradients zero
                 ++state.optimizer_steps;
             }
             const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -409,7 +408,7 @@ private:
     }
 
     // Gradients summed over the ranks, clipped by their global norm, then AdamW: the same update
-    // on every rank. Returns the norm before clipping.
+    // on every rank. Returns the norm before clipping and leaves the gradients zero.
     template <class Collective>
     double optimizer_step(AdamW<T>& adamw, const Shard& shard, double lr, std::int64_t e, Collective&& collective) {
         Communicator& comm = *comm_;
@@ -418,9 +417,9 @@ private:
         const std::size_t n = grads_->size();
         if (!plan_.zero1) {
             if (plan_.ranks > 1) collective([&] { comm.allreduce_sum(std::span<T>(grads, n)); });
-            const double norm = clip_grad_norm(grads, n, config_.grad_clip);
+            const double norm = global_norm(grads, n);
             if (!std::isfinite(norm)) fail_non_finite(e, "gradient norm", norm, *grads_, "gradient");
-            adamw.step(params, grads, lr);
+            adamw.step(params, grads, lr, clip_coefficient(norm, config_.grad_clip), /*zero_grads=*/true);
             return norm;
         }
         // ZeRO-1: this rank needs only its shard of the summed gradients and updates only its shard
@@ -432,12 +431,9 @@ private:
         collective([&] { comm.allreduce_sum(std::span<double>(&squares, 1)); });
         const double norm = std::sqrt(squares);
         if (!std::isfinite(norm)) fail_non_finite(e, "gradient norm", norm, *grads_, "gradient");
-        if (config_.grad_clip > 0 && config_.grad_clip / (norm + 1e-6) < 1.0) {  // clip_grad_norm's rule
-            const T coefficient = static_cast<T>(config_.grad_clip / (norm + 1e-6));
-            for (std::size_t i = 0; i < shard.count; ++i) grad_shard[i] *= coefficient;
-        }
-        adamw.step(params + shard.begin, grad_shard, lr);
+        adamw.step(params + shard.begin, grad_shard, lr, clip_coefficient(norm, config_.grad_clip));
         collective([&] { comm.allgather(std::span<T>(params, n)); });
+        grads_->set_zero();
         return norm;
     }
 
