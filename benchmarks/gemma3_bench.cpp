@@ -138,13 +138,14 @@ void train(const Settings& s) {
     const auto tokens = random_tokens(s.batch * s.seq, C::vocab_size, 3);
     const auto targets = random_tokens(s.batch * s.seq, C::vocab_size, 4);
     double forward_backward_t = 0, optimizer_t = 0;
+    // As gemma3-train does it: the global norm, then AdamW applies the clipping coefficient and
+    // clears the gradients for the next step in the same pass.
     const double t = median_seconds(s.warmup, s.repeats, [&] {
         const auto t0 = Clock::now();
-        grads->set_zero();
         model->forward_backward(tokens, targets, s.batch, s.seq, *grads);
         const auto t1 = Clock::now();
-        gemma3::clip_grad_norm(grads->data(), grads->size(), 1.0);
-        adamw.step(model->parameters.data(), grads->data(), 1e-4);
+        const double norm = gemma3::global_norm(grads->data(), grads->size());
+        adamw.step(model->parameters.data(), grads->data(), 1e-4, gemma3::clip_coefficient(norm, 1.0), true);
         const auto t2 = Clock::now();
         forward_backward_t = std::chrono::duration<double>(t1 - t0).count();
         optimizer_t = std::chrono::duration<double>(t2 - t1).count();

@@ -8,7 +8,10 @@
 
 #include "../tensor.hpp"
 
+#include <omp.h>
+
 #include <cmath>
+#include <vector>
 
 namespace gemma3 {
 
@@ -32,14 +35,20 @@ void rmsnorm_backward(ConstMatrixView<T> x, const T* weight, const T* rstd, Cons
                       T* d_weight) {
     const Index rows = x.rows();
     const Index n = x.cols();
-    // The weight gradient first (it reads dy, which dx may overwrite). Each thread owns a range of
-    // columns and sums over all rows in order, so the result does not depend on the thread count.
-#pragma omp parallel for schedule(static)
-    for (Index j = 0; j < n; ++j) {
-        T sum = 0;
-        for (Index i = 0; i < rows; ++i) sum += dy(i, j) * x(i, j) * rstd[i];
-        d_weight[j] += sum;
+    // The weight gradient first (it reads dy, which dx may overwrite): each thread sums a fixed
+    // range of rows into its own vector, then the vectors are added in thread order, so the result
+    // is deterministic for a given thread count.
+    std::vector<Eigen::Array<T, 1, Eigen::Dynamic>> partial;
+#pragma omp parallel
+    {
+#pragma omp single
+        partial.assign(static_cast<std::size_t>(omp_get_num_threads()), Eigen::Array<T, 1, Eigen::Dynamic>::Zero(n));
+        auto& mine = partial[static_cast<std::size_t>(omp_get_thread_num())];
+#pragma omp for schedule(static)
+        for (Index i = 0; i < rows; ++i) mine += dy.row(i).array() * x.row(i).array() * rstd[i];
     }
+    auto dw = VectorView<T>(d_weight, n).transpose().array();
+    for (const auto& p : partial) dw += p;
     const Eigen::Array<T, 1, Eigen::Dynamic> one_plus_w = ConstVectorView<T>(weight, n).transpose().array() + T(1);
 #pragma omp parallel
     {
