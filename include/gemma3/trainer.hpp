@@ -123,7 +123,54 @@ inline std::string exact(double v) {
 }
 }  // namespace detail
 
+// What the training loop needs from a back end; the loop itself does not depend on one. The CPU
+// engine trains in T on the host. The CUDA engine (cuda/trainer_engine.cuh) trains on the device
+// and treats these host buffers as mirrors: it copies its state into them for checkpoints and error
+// reports (sync_to_host) and takes them back after the loop set them (host_state_changed).
 template <ModelConfig C, class T>
+class CpuEngine {
+public:
+    static constexpr bool supports_zero1 = true;
+
+    std::string description() const { return std::string("CPU ") + (std::is_same_v<T, double> ? "float64" : "float32"); }
+    Parameters<C, T>& parameters() { return model_->parameters; }  // the weights (host)
+    Parameters<C, T>& gradients() { return *grads_; }              // the accumulated gradients (host)
+
+    void init(InitScheme scheme, double initializer_range, std::uint64_t seed) {
+        model_->init(scheme, initializer_range, seed);
+    }
+    // The loop set the host weights, moments and gradients (fresh start, resume, rank 0's broadcast).
+    void host_state_changed(const AdamW<T>&) {}
+    // Brings the host weights (and the moments, and the gradients) up to date.
+    void sync_to_host(AdamW<T>*, bool) {}
+
+    double forward_backward(std::span<const std::int32_t> x, std::span<const std::int32_t> y, Index batch, Index seq,
+                            double loss_scale) {
+        return model_->forward_backward(x, y, batch, seq, *grads_, loss_scale);
+    }
+    double loss(std::span<const std::int32_t> x, std::span<const std::int32_t> y, Index batch, Index seq) {
+        return model_->loss(x, y, batch, seq);
+    }
+    void allreduce_gradients(Communicator& comm) { comm.allreduce_sum(std::span<T>(grads_->data(), grads_->size())); }
+
+    // The global gradient norm; when finite, AdamW at lr with the gradients clipped to max_norm, which
+    // leaves them zero. Returns the norm.
+    double clip_and_step(AdamW<T>& adamw, double lr, double max_norm) {
+        const double norm = global_norm(grads_->data(), grads_->size());
+        if (std::isfinite(norm)) {
+            adamw.step(model_->parameters.data(), grads_->data(), lr, clip_coefficient(norm, max_norm), /*zero_grads=*/true);
+        }
+        return norm;
+    }
+    // Extra text for the progress line (the CUDA engine reports MFU and memory).
+    std::string progress(double /*tokens_per_second*/, Index /*seq*/) const { return {}; }
+
+private:
+    std::unique_ptr<Model<C, Cpu<T>>> model_ = std::make_unique<Model<C, Cpu<T>>>();
+    std::unique_ptr<Parameters<C, T>> grads_ = std::make_unique<Parameters<C, T>>();
+};
+
+template <ModelConfig C, class T, class Engine = CpuEngine<C, T>>
 class Trainer {
 public:
     using D = Dims<C>;
@@ -136,6 +183,9 @@ public:
           plan_(plan_data_parallel()) {
         require_matches<C>(model_config_);
         check_compatible(model_config_, config_);
+        if (plan_.zero1 && !Engine::supports_zero1) {
+            throw TrainingError("--zero1 is implemented for the CPU back end only; run without it");
+        }
     }
     Trainer(const Trainer&) = delete;  // holds a pointer to its own single-process communicator
     Trainer& operator=(const Trainer&) = delete;
@@ -150,9 +200,8 @@ public:
         const TokenFile train(options_.data_dir / options_.train_file, D::vocab, block + 1);
         const TokenFile val(options_.data_dir / options_.val_file, D::vocab, block + 1);
 
-        model_ = std::make_unique<Model<C, Cpu<T>>>();
-        grads_ = std::make_unique<Parameters<C, T>>();
-        const std::size_t n = grads_->size();
+        engine_ = std::make_unique<Engine>();
+        const std::size_t n = engine_->gradients().size();
         // With ZeRO-1 this rank's AdamW holds only its shard of the moments.
         const Shard shard = plan_.zero1 ? shard_of(n, plan_.rank, plan_.ranks) : Shard{0, n};
         AdamW<T> adamw(shard.count, {config_.beta1, config_.beta2, config_.adam_eps, config_.weight_decay});
@@ -178,16 +227,17 @@ public:
             if (lead) truncate_metrics(state.iteration);
         } else {
             const InitScheme scheme = model_config_.init == "hf" ? InitScheme::hf : InitScheme::seed;
-            model_->init(scheme, model_config_.initializer_range, config_.seed);
+            engine_->init(scheme, model_config_.initializer_range, config_.seed);
             if (lead) std::filesystem::remove(metrics_path());
         }
         if (plan_.ranks > 1) {
             agree_across_ranks(state, train, val);
             // Rank 0's weights are the run's weights; partial gradients saved mid-accumulation are
             // a sum over all ranks and count once, on rank 0.
-            comm.broadcast(std::span<T>(model_->parameters.data(), n), 0);
-            if (!lead) grads_->set_zero();
+            comm.broadcast(std::span<T>(engine_->parameters().data(), n), 0);
+            if (!lead) engine_->gradients().set_zero();
         }
+        engine_->host_state_changed(adamw);
         print_header(train, val);
         if (state.iteration >= config_.max_iters) {
             log << "nothing to do: the checkpoint is at iteration " << state.iteration << ", max_iters is "
@@ -232,18 +282,20 @@ public:
         const auto checkpoint = [&](std::int64_t next_iteration, bool best) {
             state.iteration = next_iteration;
             const bool mid_accumulation = next_iteration % accumulation != 0 && next_iteration < config_.max_iters;
+            engine_->sync_to_host(&adamw, mid_accumulation);
             if (mid_accumulation && plan_.ranks > 1) {
                 // Gather the partial sums on rank 0 (it saves them; the others continue from zero).
-                comm.allreduce_sum(std::span<T>(grads_->data(), n));
-                if (!lead) grads_->set_zero();
+                comm.allreduce_sum(std::span<T>(engine_->gradients().data(), n));
+                if (!lead) engine_->gradients().set_zero();
+                engine_->host_state_changed(adamw);
             }
             collect_train_samplers(state, train_sampler);
             state.eval_train_sampler = eval_train_sampler.state();
             state.eval_val_sampler = eval_val_sampler.state();
             const AdamW<T> gathered = plan_.zero1 ? gather_moments(adamw, shard) : AdamW<T>();
             if (!lead) return;
-            const Parameters<C, T>* pending = mid_accumulation ? grads_.get() : nullptr;
-            const auto dir = save_checkpoint(options_.out_dir, "latest", model_->parameters, plan_.zero1 ? gathered : adamw,
+            const Parameters<C, T>* pending = mid_accumulation ? &engine_->gradients() : nullptr;
+            const auto dir = save_checkpoint(options_.out_dir, "latest", engine_->parameters(), plan_.zero1 ? gathered : adamw,
                                              state, model_config_, config_, pending);
             if (best) detail::replace_symlink(options_.out_dir / "best", std::filesystem::relative(dir, options_.out_dir));
             remove_unlinked_checkpoints(options_.out_dir);
@@ -267,7 +319,7 @@ public:
             const auto t0 = std::chrono::steady_clock::now();
             comm_seconds = 0;
             draw_train_batch(train_sampler, x, y);
-            const double loss = model_->forward_backward(x, y, batch, block, *grads_, plan_.loss_scale);
+            const double loss = engine_->forward_backward(x, y, batch, block, plan_.loss_scale);
             // Every rank learns every rank's loss, so all of them agree on what to report and on
             // whether to stop for a non-finite value.
             std::fill(rank_losses.begin(), rank_losses.end(), 0.0);
@@ -276,7 +328,10 @@ public:
             const std::vector<double> losses = iteration_losses(rank_losses);
             for (std::size_t i = 0; i < losses.size(); ++i) {
                 const auto iteration = e + static_cast<std::int64_t>(i);
-                if (!std::isfinite(losses[i])) fail_non_finite(iteration, "loss", losses[i], model_->parameters, "weight");
+                if (!std::isfinite(losses[i])) {
+                    engine_->sync_to_host(nullptr, false);
+                    fail_non_finite(iteration, "loss", losses[i], engine_->parameters(), "weight");
+                }
             }
             const std::int64_t last_of_pass = e + per_pass - 1;
             const double lr = schedule_.at(last_of_pass);
@@ -314,7 +369,8 @@ public:
                               static_cast<long long>(last_of_pass + 1), static_cast<long long>(config_.max_iters),
                               losses.back(), lr, summary.tokens_per_second,
                               detail::format_duration(seconds_per_pass * passes_left).c_str());
-                log << (options_.live_line ? "\r\033[K" : "") << line << (options_.live_line ? "" : "\n") << std::flush;
+                log << (options_.live_line ? "\r\033[K" : "") << line
+                    << engine_->progress(summary.tokens_per_second, block) << (options_.live_line ? "" : "\n") << std::flush;
             }
             if (options_.stop_after >= 0 && last_of_pass + 1 >= options_.stop_after && !last) {
                 e += per_pass;
@@ -331,8 +387,6 @@ public:
             << detail::format_duration(elapsed) << "; checkpoint " << (options_.out_dir / "latest").string() << "\n";
         return summary;
     }
-
-    const Model<C, Cpu<T>>& model() const { return *model_; }
 
 private:
     // What data parallelism changes in the loop, from the rank count and the options.
@@ -412,16 +466,18 @@ private:
     template <class Collective>
     double optimizer_step(AdamW<T>& adamw, const Shard& shard, double lr, std::int64_t e, Collective&& collective) {
         Communicator& comm = *comm_;
-        T* params = model_->parameters.data();
-        T* grads = grads_->data();
-        const std::size_t n = grads_->size();
         if (!plan_.zero1) {
-            if (plan_.ranks > 1) collective([&] { comm.allreduce_sum(std::span<T>(grads, n)); });
-            const double norm = global_norm(grads, n);
-            if (!std::isfinite(norm)) fail_non_finite(e, "gradient norm", norm, *grads_, "gradient");
-            adamw.step(params, grads, lr, clip_coefficient(norm, config_.grad_clip), /*zero_grads=*/true);
+            if (plan_.ranks > 1) collective([&] { engine_->allreduce_gradients(comm); });
+            const double norm = engine_->clip_and_step(adamw, lr, config_.grad_clip);
+            if (!std::isfinite(norm)) {
+                engine_->sync_to_host(nullptr, true);
+                fail_non_finite(e, "gradient norm", norm, engine_->gradients(), "gradient");
+            }
             return norm;
         }
+        T* params = engine_->parameters().data();
+        T* grads = engine_->gradients().data();
+        const std::size_t n = engine_->gradients().size();
         // ZeRO-1: this rank needs only its shard of the summed gradients and updates only its shard
         // of the weights; the all-gather gives every rank all of them.
         collective([&] { comm.reduce_scatter_sum(std::span<T>(grads, n)); });
@@ -430,16 +486,16 @@ private:
         double squares = shard_norm * shard_norm;
         collective([&] { comm.allreduce_sum(std::span<double>(&squares, 1)); });
         const double norm = std::sqrt(squares);
-        if (!std::isfinite(norm)) fail_non_finite(e, "gradient norm", norm, *grads_, "gradient");
+        if (!std::isfinite(norm)) fail_non_finite(e, "gradient norm", norm, engine_->gradients(), "gradient");
         adamw.step(params + shard.begin, grad_shard, lr, clip_coefficient(norm, config_.grad_clip));
         collective([&] { comm.allgather(std::span<T>(params, n)); });
-        grads_->set_zero();
+        engine_->gradients().set_zero();
         return norm;
     }
 
     // The whole AdamW state on rank 0 (an empty one elsewhere), from the ZeRO-1 shards.
     AdamW<T> gather_moments(AdamW<T>& adamw, const Shard& shard) {
-        const std::size_t n = grads_->size();
+        const std::size_t n = engine_->gradients().size();
         const bool lead = plan_.rank == 0;
         AdamW<T> full = lead ? AdamW<T>(n, adamw.settings()) : AdamW<T>();
         const auto shard_of_moment = [&](Buffer<T>& m) { return std::span<const T>(m.data(), shard.count); };
@@ -452,9 +508,9 @@ private:
     // load_checkpoint, keeping only this rank's shard of the moments with ZeRO-1 (checkpoints
     // always hold all of them). Every rank reads the checkpoint itself.
     TrainerState load_checkpoint_sharded(const std::filesystem::path& from, AdamW<T>& adamw, const Shard& shard) {
-        if (!plan_.zero1) return load_checkpoint(from, model_->parameters, adamw, *grads_);
-        AdamW<T> full(grads_->size(), adamw.settings());
-        const TrainerState state = load_checkpoint(from, model_->parameters, full, *grads_);
+        if (!plan_.zero1) return load_checkpoint(from, engine_->parameters(), adamw, engine_->gradients());
+        AdamW<T> full(engine_->gradients().size(), adamw.settings());
+        const TrainerState state = load_checkpoint(from, engine_->parameters(), full, engine_->gradients());
         const auto begin = static_cast<std::ptrdiff_t>(shard.begin), end = static_cast<std::ptrdiff_t>(shard.end());
         std::copy(full.first_moment().begin() + begin, full.first_moment().begin() + end, adamw.first_moment().begin());
         std::copy(full.second_moment().begin() + begin, full.second_moment().begin() + end, adamw.second_moment().begin());
@@ -532,7 +588,7 @@ private:
         for (std::int64_t i = 0; i < pieces; ++i) {
             const bool mine = i % plan_.ranks == plan_.rank;
             sampler.next(mine ? std::span(x) : std::span(other_x_), mine ? std::span(y) : std::span(other_y_));
-            if (mine) total += model_->loss(x, y, config_.batch_size, config_.block_size);
+            if (mine) total += engine_->loss(x, y, config_.batch_size, config_.block_size);
         }
         if (plan_.ranks > 1) comm_->allreduce_sum(std::span<double>(&total, 1));
         return total / static_cast<double>(pieces);
@@ -594,8 +650,8 @@ private:
     void print_header(const TokenFile& train, const TokenFile& val) const {
         if (plan_.rank != 0) return;
         auto& log = *options_.log;
-        log << "gemma3-train: " << config_name<C>() << ", " << parameter_count<C> << " parameters, CPU "
-            << (std::is_same_v<T, double> ? "float64" : "float32") << "\n"
+        log << "gemma3-train: " << config_name<C>() << ", " << parameter_count<C> << " parameters, "
+            << engine_->description() << "\n"
             << "data: " << train.path().string() << " (" << train.size() << " tokens), " << val.path().string() << " ("
             << val.size() << " tokens)\n";
         if (plan_.ranks == 1) {
@@ -613,7 +669,7 @@ private:
         for (const auto& w : config_.warnings) log << "warning: " << w << "\n";
         for (const auto& w : compatibility_warnings(model_config_, config_)) log << "warning: " << w << "\n";
         if (options_.parallel.zero1 && plan_.ranks == 1) log << "note: ZeRO-1 needs several ranks; one process keeps the whole optimizer\n";
-        if (config_.dtype != "float32" && config_.dtype != "float64") {
+        if (config_.dtype != "float32" && config_.dtype != "float64" && config_.device == "cpu") {
             log << "note: dtype \"" << config_.dtype << "\" applies to the CUDA back end; the CPU back end trains in "
                 << (std::is_same_v<T, double> ? "float64" : "float32") << "\n";
         }
@@ -636,8 +692,8 @@ private:
         }
         log << "\n";
         const auto mib = [](double bytes) { return std::to_string(std::llround(bytes / (1024.0 * 1024.0))); };
-        const double s = sizeof(T), n = static_cast<double>(grads_->size());
-        const double shard = plan_.zero1 ? static_cast<double>(shard_of(grads_->size(), 0, plan_.ranks).count) : n;
+        const double s = sizeof(T), n = static_cast<double>(ParameterLayout<C>::total);
+        const double shard = plan_.zero1 ? static_cast<double>(shard_of(ParameterLayout<C>::total, 0, plan_.ranks).count) : n;
         const double activations =
             static_cast<double>(activation_elements(model_config_, config_.batch_size, config_.block_size)) * s;
         const double moments = 2 * shard * s;
@@ -660,8 +716,7 @@ private:
     SingleProcessCommunicator single_process_;
     Communicator* comm_;
     ParallelPlan plan_;
-    std::unique_ptr<Model<C, Cpu<T>>> model_;
-    std::unique_ptr<Parameters<C, T>> grads_;
+    std::unique_ptr<Engine> engine_;
     std::vector<std::int32_t> other_x_, other_y_;  // windows drawn for other ranks (shared streams)
     LossCurves curves_;
 };
