@@ -28,7 +28,7 @@
 #include <tuple>
 
 #ifdef GEMMA3_HAVE_CUDA
-#include <gemma3/cuda/runtime.hpp>
+#include "gemma3_train_cuda.hpp"
 #endif
 
 namespace {
@@ -46,10 +46,7 @@ void train(const gemma3::ModelConfigFile& model, const gemma3::TrainingConfig& t
 std::optional<std::string> device_problem(const std::string& device) {
     if (device == "cpu") return std::nullopt;
 #ifdef GEMMA3_HAVE_CUDA
-    if (gemma3::cuda::device_count() > 0) {
-        return "device \"cuda\": the CUDA training path is not wired into gemma3-train yet; train on the CPU with "
-               "--device cpu";
-    }
+    if (gemma3::programs::cuda_device_count() > 0) return std::nullopt;
     return "device \"cuda\" was requested, but no CUDA device is present on this machine. Train on the CPU with "
            "--device cpu (or set \"device\": \"cpu\" in the training config).";
 #else
@@ -176,8 +173,12 @@ int main(int argc, char** argv) {
         options.out_dir = out_dir;
         options.resume = resume || !resume_from.empty();
         options.resume_from = resume_from;
-        const bool found = gemma3::programs::with_compiled_config(
-            model, [&]<class C>() { train<C>(model, training, options); });
+        bool found = false;
+#ifdef GEMMA3_HAVE_CUDA
+        if (training.device == "cuda") found = gemma3::programs::train_on_cuda(model, training, options);
+        else
+#endif
+            found = gemma3::programs::with_compiled_config(model, [&]<class C>() { train<C>(model, training, options); });
         if (!found) return fail(gemma3::programs::no_compiled_config_message(model_path, "gemma3-train"), 2);
     } catch (const std::exception& e) {
         return fail(e.what(), 1);
