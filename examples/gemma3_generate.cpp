@@ -96,7 +96,7 @@ int run(const Options& o, const gemma3::Tokenizer* tokenizer, std::vector<std::i
             std::cout << std::flush;
         });
         const auto end = std::chrono::steady_clock::now();
-        std::cout << "\n";
+        std::cout << "\n" << std::flush;  // before the statistics on stderr
         const double prefill = std::chrono::duration<double>(first_token - start).count();
         const double decode = std::chrono::duration<double>(end - first_token).count();
         std::fprintf(stderr, "[%zu prompt tokens in %.2f s (%.0f tok/s); %zu new tokens, %.1f tok/s]\n", prompt.size(),

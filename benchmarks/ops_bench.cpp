@@ -1,0 +1,189 @@
+// Op-level timings of the CPU back end at the seed config's training shapes (batch 4 x 128 tokens),
+// with Google Benchmark: where a training step's time goes, op by op. Each benchmark reports the
+// bytes it moves or the FLOPs it does, so its rate can be read against the machine's limits
+// (gemma3-bench --mode limits).
+//
+//   build/bin/gemma3-ops-bench [--benchmark_filter=attention]
+#include <gemma3/configs.hpp>
+#include <gemma3/ops/attention.hpp>
+#include <gemma3/ops/cross_entropy.hpp>
+#include <gemma3/ops/embedding.hpp>
+#include <gemma3/ops/geglu.hpp>
+#include <gemma3/ops/linear.hpp>
+#include <gemma3/ops/rmsnorm.hpp>
+#include <gemma3/ops/rope.hpp>
+#include <gemma3/optimizer.hpp>
+#include <gemma3/parameters.hpp>
+
+#include <benchmark/benchmark.h>
+
+#include <random>
+#include <vector>
+
+namespace {
+
+using namespace gemma3;
+using D = Dims<configs::Gemma3_270M>;
+constexpr Index batch = 4, seq = 128, n = batch * seq;
+
+Buffer<float> random_buffer(std::size_t size, float scale = 1.0f, unsigned seed = 1) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> normal(0.0f, scale);
+    Buffer<float> b(size);
+    for (auto& x : b) x = normal(rng);
+    return b;
+}
+
+void set_bytes(benchmark::State& state, double bytes) {
+    state.counters["GB/s"] = benchmark::Counter(bytes, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+}
+void set_flops(benchmark::State& state, double flops) {
+    state.counters["GFLOP/s"] = benchmark::Counter(flops / 1e9, benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// The projections of one block, forward and backward: x W^T, then dy W and dy^T x.
+void linear(benchmark::State& state) {
+    const Index in = state.range(0), out = state.range(1);
+    auto x = random_buffer(static_cast<std::size_t>(n * in)), w = random_buffer(static_cast<std::size_t>(out * in), 0.02f),
+         y = random_buffer(static_cast<std::size_t>(n * out)), dx = x, dw = w;
+    const bool backward = state.range(2) != 0;
+    for (auto _ : state) {
+        if (backward) {
+            linear_backward<float>(const_view(x.data(), n, in), const_view(w.data(), out, in), const_view(y.data(), n, out),
+                                   matrix_view(dx.data(), n, in), matrix_view(dw.data(), out, in));
+        } else {
+            linear_forward<float>(const_view(x.data(), n, in), const_view(w.data(), out, in), matrix_view(y.data(), n, out));
+        }
+    }
+    set_flops(state, (backward ? 4.0 : 2.0) * static_cast<double>(n * in * out));
+}
+BENCHMARK(linear)
+    ->ArgNames({"in", "out", "backward"})
+    ->Args({D::model, D::qkv, 0})
+    ->Args({D::model, D::qkv, 1})
+    ->Args({D::q, D::model, 0})
+    ->Args({D::q, D::model, 1})
+    ->Args({D::model, 2 * D::ffn, 0})
+    ->Args({D::model, 2 * D::ffn, 1})
+    ->Args({D::ffn, D::model, 0})
+    ->Args({D::ffn, D::model, 1})
+    ->Unit(benchmark::kMillisecond);
+
+void rmsnorm(benchmark::State& state) {
+    const Index cols = state.range(0), rows = n * (cols == D::head ? D::heads : 1);
+    auto x = random_buffer(static_cast<std::size_t>(rows * cols)), w = random_buffer(static_cast<std::size_t>(cols), 0.1f),
+         y = x, dw = w;
+    std::vector<float> rstd(static_cast<std::size_t>(rows));
+    const bool backward = state.range(1) != 0;
+    for (auto _ : state) {
+        if (backward) {
+            rmsnorm_backward<float>(const_view(x.data(), rows, cols), w.data(), rstd.data(), const_view(x.data(), rows, cols),
+                                    matrix_view(y.data(), rows, cols), dw.data());
+        } else {
+            rmsnorm_forward<float>(const_view(x.data(), rows, cols), w.data(), 1e-6f, matrix_view(y.data(), rows, cols),
+                                   rstd.data());
+        }
+    }
+    set_bytes(state, 4.0 * static_cast<double>(rows * cols) * (backward ? 3 : 2));
+}
+BENCHMARK(rmsnorm)->ArgNames({"cols", "backward"})->Args({D::model, 0})->Args({D::model, 1})->Args({D::head, 0})->Args({D::head, 1});
+
+void rope(benchmark::State& state) {
+    auto q = random_buffer(static_cast<std::size_t>(n * D::q));
+    const RopeTable<float> table(1e4, D::head, seq);
+    std::vector<std::int32_t> positions(static_cast<std::size_t>(n));
+    for (Index i = 0; i < n; ++i) positions[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(i % seq);
+    for (auto _ : state) rope_forward<float>(matrix_view(q.data(), n, D::q), D::head, positions, table);
+    set_bytes(state, 8.0 * static_cast<double>(n * D::q));
+}
+BENCHMARK(rope);
+
+void geglu(benchmark::State& state) {
+    auto gate_up = random_buffer(static_cast<std::size_t>(n * 2 * D::ffn)), z = random_buffer(static_cast<std::size_t>(n * D::ffn)),
+         d_gate_up = gate_up;
+    const auto gu = const_view(gate_up.data(), n, 2 * D::ffn);
+    const bool backward = state.range(0) != 0;
+    for (auto _ : state) {
+        if (backward) {
+            auto d = matrix_view(d_gate_up.data(), n, 2 * D::ffn);
+            geglu_backward<float>(column_block(gu, 0, D::ffn), column_block(gu, D::ffn, D::ffn), const_view(z.data(), n, D::ffn),
+                                  column_block(d, 0, D::ffn), column_block(d, D::ffn, D::ffn));
+        } else {
+            geglu_forward<float>(column_block(gu, 0, D::ffn), column_block(gu, D::ffn, D::ffn), matrix_view(z.data(), n, D::ffn));
+        }
+    }
+    set_bytes(state, 4.0 * static_cast<double>(n * D::ffn) * (backward ? 5 : 3));
+}
+BENCHMARK(geglu)->ArgNames({"backward"})->Arg(0)->Arg(1);
+
+void attention(benchmark::State& state) {
+    auto q = random_buffer(static_cast<std::size_t>(n * D::q)), k = random_buffer(static_cast<std::size_t>(n * D::kv)),
+         v = random_buffer(static_cast<std::size_t>(n * D::kv)), out = q, dq = q, dk = k, dv = v;
+    Buffer<float> probs(static_cast<std::size_t>(batch * D::heads * seq * seq));
+    const AttentionShape shape{batch, seq, D::heads, D::kv_heads, D::head, 0, 1.0 / 16};
+    attention_forward<float>(const_view(q.data(), n, D::q), const_view(k.data(), n, D::kv), const_view(v.data(), n, D::kv),
+                             shape, matrix_view(out.data(), n, D::q), probs.data());
+    const bool backward = state.range(0) != 0;
+    for (auto _ : state) {
+        if (backward) {
+            attention_backward<float>(const_view(q.data(), n, D::q), const_view(k.data(), n, D::kv), const_view(v.data(), n, D::kv),
+                                      probs.data(), const_view(out.data(), n, D::q), shape, matrix_view(dq.data(), n, D::q),
+                                      matrix_view(dk.data(), n, D::kv), matrix_view(dv.data(), n, D::kv));
+        } else {
+            attention_forward<float>(const_view(q.data(), n, D::q), const_view(k.data(), n, D::kv),
+                                     const_view(v.data(), n, D::kv), shape, matrix_view(out.data(), n, D::q), probs.data());
+        }
+    }
+    // QK^T and PV over the causal half of each sequence: 2 products of 2 * seq^2/2 * head_dim FLOPs.
+    set_flops(state, (backward ? 2.0 : 1.0) * 2.0 * batch * D::heads * seq * seq * D::head);
+}
+BENCHMARK(attention)->ArgNames({"backward"})->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond);
+
+void classifier(benchmark::State& state) {
+    auto h = random_buffer(static_cast<std::size_t>(n * D::model)), w = random_buffer(static_cast<std::size_t>(D::vocab * D::model), 0.02f),
+         dh = h, dw = w;
+    std::vector<std::int32_t> targets(static_cast<std::size_t>(n));
+    for (Index i = 0; i < n; ++i) targets[static_cast<std::size_t>(i)] = static_cast<std::int32_t>((i * 7919) % D::vocab);
+    Buffer<float> chunk;
+    for (auto _ : state) {
+        benchmark::DoNotOptimize(classifier_forward_backward<float>(const_view(h.data(), n, D::model),
+                                                                    const_view(w.data(), D::vocab, D::model), targets,
+                                                                    1.0f / n, dh.data(), dw.data(), chunk));
+    }
+    set_flops(state, 6.0 * static_cast<double>(n * D::model * D::vocab));
+}
+BENCHMARK(classifier)->Unit(benchmark::kMillisecond);
+
+void embedding(benchmark::State& state) {
+    auto table = random_buffer(static_cast<std::size_t>(D::vocab * D::model)), out = random_buffer(static_cast<std::size_t>(n * D::model));
+    std::vector<std::int32_t> tokens(static_cast<std::size_t>(n));
+    for (Index i = 0; i < n; ++i) tokens[static_cast<std::size_t>(i)] = static_cast<std::int32_t>((i * 7919) % D::vocab);
+    const bool backward = state.range(0) != 0;
+    for (auto _ : state) {
+        if (backward) {
+            embedding_backward<float>(tokens, 25.3f, const_view(out.data(), n, D::model), matrix_view(table.data(), D::vocab, D::model));
+        } else {
+            embedding_forward<float>(const_view(table.data(), D::vocab, D::model), tokens, 25.3f, matrix_view(out.data(), n, D::model));
+        }
+    }
+    set_bytes(state, 8.0 * static_cast<double>(n * D::model));
+}
+BENCHMARK(embedding)->ArgNames({"backward"})->Arg(0)->Arg(1);
+
+// The optimizer over all 164.7M parameters: the global norm, then AdamW (clipping folded in,
+// gradients cleared): 32 bytes per parameter, the step's memory-bound part.
+void adamw(benchmark::State& state) {
+    const std::size_t size = parameter_count<configs::Gemma3_270M>;
+    auto params = random_buffer(size, 0.02f), grads = random_buffer(size, 1e-3f);
+    AdamW<float> optimizer(size, {});
+    for (auto _ : state) {
+        const double norm = global_norm(grads.data(), size);
+        optimizer.step(params.data(), grads.data(), 1e-4, clip_coefficient(norm, 1.0), false);
+    }
+    set_bytes(state, 32.0 * static_cast<double>(size));
+}
+BENCHMARK(adamw)->Unit(benchmark::kMillisecond);
+
+}  // namespace
+
+BENCHMARK_MAIN();
