@@ -37,6 +37,25 @@ struct Cpu {
 template <ModelConfig C, class Backend = Cpu<float>>
 class Model;
 
+// What every back end checks on the input of a forward pass: positive sizes, seq within the
+// context, one token per position, every id in the vocabulary.
+template <ModelConfig C>
+void check_forward_input(std::span<const std::int32_t> tokens, Index batch, Index seq) {
+    if (batch <= 0 || seq <= 0) {
+        throw std::invalid_argument("Model::forward: batch (" + std::to_string(batch) + ") and seq (" +
+                                    std::to_string(seq) + ") must be positive");
+    }
+    if (seq > C::context_length) {
+        throw std::invalid_argument("Model::forward: seq " + std::to_string(seq) + " exceeds context_length " +
+                                    std::to_string(C::context_length));
+    }
+    if (static_cast<Index>(tokens.size()) != batch * seq) {
+        throw std::invalid_argument("Model::forward: " + std::to_string(tokens.size()) + " tokens given, batch * seq = " +
+                                    std::to_string(batch * seq));
+    }
+    check_token_ids(tokens, C::vocab_size);
+}
+
 template <ModelConfig C, class T>
 class Model<C, Cpu<T>> {
 public:
@@ -93,19 +112,7 @@ public:
 protected:
     // Validates the input and sizes the work buffers.
     void prepare(std::span<const std::int32_t> tokens, Index batch, Index seq, bool keep_probs) {
-        if (batch <= 0 || seq <= 0) {
-            throw std::invalid_argument("Model::forward: batch (" + std::to_string(batch) + ") and seq (" +
-                                        std::to_string(seq) + ") must be positive");
-        }
-        if (seq > Dims::context) {
-            throw std::invalid_argument("Model::forward: seq " + std::to_string(seq) + " exceeds context_length " +
-                                        std::to_string(Dims::context));
-        }
-        if (static_cast<Index>(tokens.size()) != batch * seq) {
-            throw std::invalid_argument("Model::forward: " + std::to_string(tokens.size()) + " tokens given, batch * seq = " +
-                                        std::to_string(batch * seq));
-        }
-        check_token_ids(tokens, Dims::vocab);
+        check_forward_input<C>(tokens, batch, seq);
         acts_.resize(batch, seq, keep_probs);
         rope_.template ensure<C>(seq);
     }

@@ -289,22 +289,10 @@ private:
 
     // Validates the input, sizes the buffers and uploads the tokens.
     void prepare(std::span<const std::int32_t> tokens, Index batch, Index seq, Mode mode) {
-        if (batch <= 0 || seq <= 0) {
-            throw std::invalid_argument("Model::forward: batch (" + std::to_string(batch) + ") and seq (" + std::to_string(seq) +
-                                        ") must be positive");
-        }
-        if (seq > Dims::context) {
-            throw std::invalid_argument("Model::forward: seq " + std::to_string(seq) + " exceeds context_length " +
-                                        std::to_string(Dims::context));
-        }
-        if (static_cast<Index>(tokens.size()) != batch * seq) {
-            throw std::invalid_argument("Model::forward: " + std::to_string(tokens.size()) + " tokens given, batch * seq = " +
-                                        std::to_string(batch * seq));
-        }
+        check_forward_input<C>(tokens, batch, seq);
         if (batch * seq > (Index{1} << 30)) {
             throw std::invalid_argument("Model::forward: batch * seq = " + std::to_string(batch * seq) + " is too large");
         }
-        check_token_ids(tokens, Dims::vocab);
         // A training arena serves inference of the same shape too (it holds every buffer inference
         // needs), so evaluating between training steps does not reallocate.
         flash_ = use_flash(batch, seq, mode);
