@@ -42,10 +42,10 @@ struct Case {
     int tokens() const { return batch * seq; }
     double scale() const { return 1.0 / std::sqrt(static_cast<double>(head_dim)); }
     int first_key(int i) const { return window > 0 ? std::max(0, i - window + 1) : 0; }
-    cu::AttentionDims dims() const {
+    cu::AttentionShape cuda_shape() const {
         return {batch, seq, heads, kv_heads, head_dim, window, static_cast<float>(scale())};
     }
-    gemma3::AttentionShape shape() const {
+    gemma3::AttentionShape cpu_shape() const {
         return {batch, seq, heads, kv_heads, head_dim, window, static_cast<double>(static_cast<float>(scale()))};
     }
 };
@@ -96,7 +96,7 @@ void reference_forward(const Case& c, const Inputs& in, std::vector<double>& out
     probs.assign(static_cast<std::size_t>(c.batch) * c.heads * c.seq * c.seq, 0.0);
     gemma3::attention_forward<double>(gemma3::const_view(in.qd.data(), c.tokens(), c.q_width()),
                                       gemma3::const_view(in.kd.data(), c.tokens(), c.kv_width()),
-                                      gemma3::const_view(in.vd.data(), c.tokens(), c.kv_width()), c.shape(),
+                                      gemma3::const_view(in.vd.data(), c.tokens(), c.kv_width()), c.cpu_shape(),
                                       gemma3::matrix_view(out.data(), c.tokens(), c.q_width()), probs.data());
 }
 
@@ -145,7 +145,7 @@ void check_training_path(const Case& c) {
     auto out = cu::test::guarded_nan<__nv_bfloat16>(static_cast<std::size_t>(c.tokens()) * c.q_width());
     cu::Gemm gemm;
     cu::Stream stream;
-    cu::attention_forward(gemm, stream, c.dims(), dev.q.data(), c.q_width(), dev.k.data(), c.kv_width(), dev.v(c), c.qkv_width(),
+    cu::attention_forward(gemm, stream, c.cuda_shape(), dev.q.data(), c.q_width(), dev.k.data(), c.kv_width(), dev.v(c), c.qkv_width(),
                           score_scratch.data(), probs.data(), out.data(), c.q_width());
 
     std::vector<double> out_ref, probs_ref;
@@ -170,7 +170,7 @@ void check_training_path(const Case& c) {
     auto dq = cu::test::guarded_nan<float>(static_cast<std::size_t>(c.tokens()) * c.q_width());
     auto dk = cu::test::guarded_nan<float>(static_cast<std::size_t>(c.tokens()) * c.kv_width());
     auto dv = cu::test::guarded_nan<float>(static_cast<std::size_t>(c.tokens()) * c.kv_width());
-    cu::attention_backward(gemm, stream, c.dims(), dev.q.data(), c.q_width(), dev.k.data(), c.kv_width(), dev.v(c), c.qkv_width(),
+    cu::attention_backward(gemm, stream, c.cuda_shape(), dev.q.data(), c.q_width(), dev.k.data(), c.kv_width(), dev.v(c), c.qkv_width(),
                            probs.data(), device_d_out.data(), c.q_width(), d_probs.data(), d_scores.data(), dq.data(), c.q_width(),
                            dk.data(), c.kv_width(), dv.data(), c.kv_width());
 
@@ -179,7 +179,7 @@ void check_training_path(const Case& c) {
     gemma3::attention_backward<double>(gemma3::const_view(in.qd.data(), c.tokens(), c.q_width()),
                                        gemma3::const_view(in.kd.data(), c.tokens(), c.kv_width()),
                                        gemma3::const_view(in.vd.data(), c.tokens(), c.kv_width()), probs_ref.data(),
-                                       gemma3::const_view(dod.data(), c.tokens(), c.q_width()), c.shape(),
+                                       gemma3::const_view(dod.data(), c.tokens(), c.q_width()), c.cpu_shape(),
                                        gemma3::matrix_view(dq_ref.data(), c.tokens(), c.q_width()),
                                        gemma3::matrix_view(dk_ref.data(), c.tokens(), c.kv_width()),
                                        gemma3::matrix_view(dv_ref.data(), c.tokens(), c.kv_width()));
@@ -244,7 +244,7 @@ void check_flash(const Case& c) {
     const DeviceInputs dev(in);
     auto out = cu::test::guarded_nan<__nv_bfloat16>(static_cast<std::size_t>(c.tokens()) * c.q_width());
     cu::Stream stream;
-    cu::flash_attention_forward<kHeadDim>(stream, c.dims(), dev.q.data(), c.q_width(), dev.k.data(), c.kv_width(), dev.v(c),
+    cu::flash_attention_forward<kHeadDim>(stream, c.cuda_shape(), dev.q.data(), c.q_width(), dev.k.data(), c.kv_width(), dev.v(c),
                                           c.qkv_width(), out.data(), c.q_width());
     std::vector<double> out_ref, probs_ref;
     reference_forward(c, in, out_ref, probs_ref);

@@ -412,7 +412,7 @@ private:
         shape_ = s;
     }
 
-    cuda::AttentionDims attention_dims(int layer) const {
+    cuda::AttentionShape attention_shape(int layer) const {
         return {static_cast<int>(shape_.batch), static_cast<int>(shape_.seq), Dims::heads, Dims::kv_heads, Dims::head,
                 Dims::kind(layer) == AttentionKind::sliding ? Dims::window : 0,
                 static_cast<float>(1.0 / std::sqrt(C::query_pre_attn_scalar))};
@@ -471,10 +471,10 @@ private:
         const bf16* v = a.qkv + Q + KV;
         if (flash_) {
             if constexpr (DH <= 256 && DH % 2 == 0) {
-                cuda::flash_attention_forward<DH>(stream_, attention_dims(layer), a.q_rot, Q, a.k_rot, KV, v, QKV, a.attn, Q);
+                cuda::flash_attention_forward<DH>(stream_, attention_shape(layer), a.q_rot, Q, a.k_rot, KV, v, QKV, a.attn, Q);
             }
         } else {
-            cuda::attention_forward(*gemm_, stream_, attention_dims(layer), a.q_rot, Q, a.k_rot, KV, v, QKV, scores_, a.probs, a.attn,
+            cuda::attention_forward(*gemm_, stream_, attention_shape(layer), a.q_rot, Q, a.k_rot, KV, v, QKV, scores_, a.probs, a.attn,
                                     Q);
         }
         cuda::linear_forward(*gemm_, stream_, view(a.attn, n, Q), view<bf16>(w.o_proj, D, Q), mutable_view(a.attn_proj, n, D));
@@ -553,7 +553,7 @@ private:
         cuda::linear_backward(*gemm_, stream_, view(a.attn, n, Q), view<bf16>(w.o_proj, D, Q), view(s.d_attn_proj, n, D),
                               mutable_view(s.d_attn, n, Q), cuda::matrix_view(g.o_proj, D, Q, Q));
         const bf16* v = a.qkv + Q + KV;
-        cuda::attention_backward(*gemm_, stream_, attention_dims(layer), a.q_rot, Q, a.k_rot, KV, v, QKV, a.probs, s.d_attn, Q,
+        cuda::attention_backward(*gemm_, stream_, attention_shape(layer), a.q_rot, Q, a.k_rot, KV, v, QKV, a.probs, s.d_attn, Q,
                                  s.d_probs, s.d_scores, s.dq, Q, s.dk, KV, s.dv, KV);
         const auto& table = rope_table(layer);
         cuda::rope_backward<float, float>(stream_, s.dq, Q, s.dq, Q, n, H, seq, table);

@@ -29,7 +29,7 @@
 
 GEMMA3_CUDA_NAMESPACE_BEGIN
 
-struct AttentionDims {
+struct AttentionShape {
     int batch = 0;
     int seq = 0;
     int heads = 0;
@@ -230,7 +230,7 @@ __global__ void __launch_bounds__(flash_threads)
 }  // namespace kernels
 
 namespace ops_detail {
-inline void check_attention(const AttentionDims& a, const char* op) {
+inline void check_attention(const AttentionShape& a, const char* op) {
     require(a.batch >= 0 && a.seq > 0 && a.heads > 0 && a.kv_heads > 0 && a.head_dim > 0 && a.window >= 0, op,
             "batch, seq, heads, kv_heads and head_dim must be positive and window non-negative");
     require(a.heads % a.kv_heads == 0, op,
@@ -246,7 +246,7 @@ StridedMatrices<T> per_sequence(T* data, std::int64_t rows, std::int64_t cols, s
 // out [tokens, heads * head_dim] = softmax(mask(scale q k^T)) v. `scores` is fp32 scratch and
 // `probs` (bf16, kept for the backward) receives the probabilities; both hold a.score_elements()
 // in [batch, heads, seq, seq] order.
-inline void attention_forward(Gemm& gemm, const Stream& stream, const AttentionDims& a, const bf16* q, std::int64_t q_ld,
+inline void attention_forward(Gemm& gemm, const Stream& stream, const AttentionShape& a, const bf16* q, std::int64_t q_ld,
                               const bf16* k, std::int64_t k_ld, const bf16* v, std::int64_t v_ld, float* scores, bf16* probs,
                               bf16* out, std::int64_t out_ld) {
     using namespace ops_detail;
@@ -274,7 +274,7 @@ inline void attention_forward(Gemm& gemm, const Stream& stream, const AttentionD
 // dk and dv [tokens, kv_heads * head_dim] (fp32) are overwritten; the query heads of a group add
 // into their key/value head in order. d_probs (fp32) and d_scores (bf16) are scratch of
 // a.score_elements().
-inline void attention_backward(Gemm& gemm, const Stream& stream, const AttentionDims& a, const bf16* q, std::int64_t q_ld,
+inline void attention_backward(Gemm& gemm, const Stream& stream, const AttentionShape& a, const bf16* q, std::int64_t q_ld,
                                const bf16* k, std::int64_t k_ld, const bf16* v, std::int64_t v_ld, const bf16* probs,
                                const bf16* d_out, std::int64_t d_out_ld, float* d_probs, bf16* d_scores, float* dq,
                                std::int64_t dq_ld, float* dk, std::int64_t dk_ld, float* dv, std::int64_t dv_ld) {
@@ -309,7 +309,7 @@ inline void attention_backward(Gemm& gemm, const Stream& stream, const Attention
 
 // The same output as attention_forward without any T^2 buffer (inference). kHeadDim = a.head_dim.
 template <int kHeadDim>
-void flash_attention_forward(const Stream& stream, const AttentionDims& a, const bf16* q, std::int64_t q_ld, const bf16* k,
+void flash_attention_forward(const Stream& stream, const AttentionShape& a, const bf16* q, std::int64_t q_ld, const bf16* k,
                              std::int64_t k_ld, const bf16* v, std::int64_t v_ld, bf16* out, std::int64_t out_ld) {
     using namespace ops_detail;
     check_attention(a, "flash_attention_forward");
