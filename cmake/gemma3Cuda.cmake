@@ -123,16 +123,17 @@ function(gemma3_cuda_device_flags target)
   endif()
 endfunction()
 
-# gemma3_add_cuda_test(<name> SOURCES <.cu>... [EMULATOR_SOURCES <.cpp>...])
+# gemma3_add_cuda_test(<name> SOURCES <.cu>... [EMULATOR_SOURCES <.cpp>...] [LAUNCHER <command>...])
 # One doctest executable, registered with CTest as <name>:
 #   SOURCES           kernel tests written once (GEMMA3_CUDA_TEST_CASE), compiled for the emulator by
 #                     the host compiler and, when GEMMA3_CUDA_ENABLED, for the device by nvcc;
-#   EMULATOR_SOURCES  tests of the emulator itself (host compiler only).
+#   EMULATOR_SOURCES  tests of the emulator itself (host compiler only);
+#   LAUNCHER          a command CTest runs the executable under (e.g. mpirun -np 2).
 # Its main() (tests/cuda/cuda_test_main.cpp) runs the emulated cases, plus the device cases when a
 # GPU is present; GEMMA3_CUDA_BACKEND=emulator|device|auto or --backend= chooses. With the device
 # build on, CTest <name>.ptxas checks the ptxas report of its device objects for register spills.
 function(gemma3_add_cuda_test name)
-  cmake_parse_arguments(PARSE_ARGV 1 ARG "" "" "SOURCES;EMULATOR_SOURCES")
+  cmake_parse_arguments(PARSE_ARGV 1 ARG "" "" "SOURCES;EMULATOR_SOURCES;LAUNCHER")
   if(NOT TARGET gemma3::cuda_emulation)
     message(FATAL_ERROR "gemma3_add_cuda_test(${name}): the CPU emulator needs Boost.Context "
                         "(Debian: apt-get install libboost-context-dev)")
@@ -178,5 +179,5 @@ function(gemma3_add_cuda_test name)
              COMMAND ${Python3_EXECUTABLE} ${PROJECT_SOURCE_DIR}/scripts/check_ptxas.py check
                      ${CMAKE_CURRENT_BINARY_DIR}/CMakeFiles/${name}_device.dir)
   endif()
-  add_test(NAME ${name} COMMAND ${name})
+  add_test(NAME ${name} COMMAND ${ARG_LAUNCHER} $<TARGET_FILE:${name}>)
 endfunction()

@@ -7,24 +7,19 @@
 // 1-Lipschitz in the logits' max-norm, so the loss moves by at most about that times max|logit| (< 1
 // for this freshly initialised model), and the same again per AdamW step through the weights. Over
 // the 6 iterations below we allow 4 u_b sqrt(m) relative, the bound test_cuda_model uses.
-#include "kernel_test_support.hpp"
-
-#include <gemma3/cuda/trainer_engine.cuh>
+#include "trainer_test_support.hpp"
 
 #include <filesystem>
-#include <fstream>
-#include <random>
-#include <sstream>
 #include <string>
-#include <vector>
+#include <unistd.h>
 
 namespace {
 
 namespace fs = std::filesystem;
 namespace cu = ::gemma3::cuda;
-using Tiny = gemma3::configs::Gemma3Tiny;
-using CudaTrainer = gemma3::Trainer<Tiny, float, cu::TrainerEngine<Tiny>>;
-using CpuTrainer = gemma3::Trainer<Tiny, float>;
+using Tiny = cu::test::TrainerTiny;
+using cu::test::CpuTrainer;
+using cu::test::CudaTrainer;
 
 fs::path fresh_dir(const std::string& name) {
     const auto dir = fs::temp_directory_path() /
@@ -36,54 +31,16 @@ fs::path fresh_dir(const std::string& name) {
 
 fs::path make_data() {
     const auto dir = fresh_dir("data");
-    std::mt19937 rng(5);
-    for (const char* file : {"train.bin", "validation.bin"}) {
-        std::ofstream out(dir / file, std::ios::binary);
-        for (int i = 0; i < 3000; ++i) {
-            const auto id = static_cast<std::uint16_t>((i * 7 + rng() % 3) % 512);
-            out.put(static_cast<char>(id & 0xFF)).put(static_cast<char>(id >> 8));
-        }
-    }
+    cu::test::write_training_data(dir);
     return dir;
-}
-
-gemma3::TrainingConfig training_config() {
-    return gemma3::parse_training_config(
-        nlohmann::json{{"learning_rate", 3e-3}, {"warmup_steps", 2}, {"min_lr", 3e-4}, {"max_iters", 6},
-                       {"eval_iters", 3}, {"eval_batches", 1}, {"batch_size", 2}, {"block_size", 16},
-                       {"gradient_accumulation_steps", 2}, {"device", "cuda"}, {"dtype", "bfloat16"},
-                       {"ptdtype", "float32"}, {"seed", 3}},
-        "test training config");
 }
 
 template <class Trainer>
 std::string run(const fs::path& data, const fs::path& out, std::int64_t stop_after, bool resume) {
-    std::ostringstream log;
-    gemma3::TrainOptions options;
-    options.data_dir = data;
-    options.out_dir = out;
-    options.stop_after = stop_after;
-    options.resume = resume;
-    options.live_line = false;
-    options.log = &log;
-    Trainer(gemma3::config_file_of<Tiny>(), training_config(), options).run();
-    return log.str();
+    return cu::test::run_trainer<Trainer>(data, out, stop_after, resume);
 }
 
-// "train <iter> <loss>" and "eval <iter> <train> <val>" lines of a metrics file, full precision.
-std::vector<std::pair<std::string, std::vector<double>>> metrics(const fs::path& out) {
-    std::vector<std::pair<std::string, std::vector<double>>> rows;
-    std::ifstream in(out / "metrics.jsonl");
-    for (std::string line; std::getline(in, line);) {
-        const auto r = nlohmann::json::parse(line);
-        if (r["type"] == "eval") {
-            rows.push_back({"eval " + r["iter"].dump(), {r["train_loss"].get<double>(), r["val_loss"].get<double>()}});
-        } else {
-            rows.push_back({"train " + r["iter"].dump(), {r["loss"].get<double>()}});
-        }
-    }
-    return rows;
-}
+auto metrics(const fs::path& out) { return cu::test::read_metrics(out); }
 
 }  // namespace
 
