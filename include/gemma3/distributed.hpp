@@ -188,19 +188,21 @@ public:
     MpiCommunicator(int* argc, char*** argv) {
         int initialized = 0;
         MPI_Initialized(&initialized);
+        int provided = 0;
         if (!initialized) {
-            int provided = 0;
             if (MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) {
                 throw DistributedError("MPI_Init_thread failed");
             }
             owns_mpi_ = true;
-            if (provided < MPI_THREAD_FUNNELED) {
-                MPI_Finalize();
-                throw DistributedError("this MPI library does not support MPI_THREAD_FUNNELED (the trainer's "
-                                       "OpenMP threads run beside the main thread, which makes every MPI call)");
-            }
+            MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);  // ours: errors as exceptions
+        } else {
+            MPI_Query_thread(&provided);  // the caller's MPI: leave its error handler alone
         }
-        MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+        if (provided < MPI_THREAD_FUNNELED) {
+            if (owns_mpi_) MPI_Finalize();
+            throw DistributedError("MPI runs at a thread level below MPI_THREAD_FUNNELED (the trainer's OpenMP "
+                                   "threads run beside the main thread, which makes every MPI call)");
+        }
         check(MPI_Comm_dup(MPI_COMM_WORLD, &comm_), "MPI_Comm_dup");
         check(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
         check(MPI_Comm_rank(comm_, &rank_), "MPI_Comm_rank");

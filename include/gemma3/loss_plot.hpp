@@ -76,8 +76,8 @@ inline std::string loss_curve_svg(const LossCurves& c, const std::string& title)
         s << "\"/>\n";
     };
     polyline(c.train, "#9ecae1", 1);
-    // Exponential moving average over about 1/40 of the run; a running mean until that many points
-    // exist, so the curve does not lag behind at the start.
+    // Exponential moving average over about 1/40 of the run; over the first points (about half the
+    // span) the weight 1/(i+1) is larger and makes it a running mean, so the curve starts at the data.
     std::vector<LossPoint> smooth;
     const double span = std::max<double>(5, static_cast<double>(c.train.size()) / 40);
     double ema = 0;

@@ -57,6 +57,9 @@ template <ModelConfig C>
 inline constexpr std::size_t parameter_count = ParameterLayout<C>::total;
 
 // Pointers to every tensor of one block. T is float/double, or const float/const double.
+// ParameterLayout stores q, k, v and gate, up back to back, and the forward and backward passes
+// use that: they read [q; k; v] as one matrix from q_proj and [gate; up] as one from gate_proj. So
+// these pointers must point into one parameter buffer (point_into), never into separate tensors.
 template <class T>
 struct BlockWeights {
     T* input_norm;

@@ -393,7 +393,10 @@ public:
             if (offset == 0) current_ = is_validation_chunk(position_ / chunk_tokens_, ppm_) ? 1 : 0;
             const std::uint64_t take = std::min(count, chunk_tokens_ - offset);
             out_[current_]->write(p, static_cast<std::streamsize>(take * width));
-            if (!*out_[current_]) throw FileError("cannot write the token file (disk full?)");
+            if (!*out_[current_]) {
+                throw FileError(std::string("cannot write the ") + (current_ == 1 ? "validation" : "train") +
+                                " token file: " + std::strerror(errno));
+            }
             counts_[current_] += take;
             position_ += take;
             p += take * width;

@@ -1,4 +1,5 @@
-// The training loop of the seed (spec §8), on the CPU back end.
+// The training loop of the seed (spec §8), on any back end with an engine (CpuEngine below;
+// cuda::TrainerEngine in cuda/trainer_engine.cuh).
 //
 //   for e in [start, max_iters):
 //     every eval_interval iterations (not at 0): evaluate, save `latest` (and `best` when the
@@ -12,9 +13,9 @@
 // <out>/metrics.jsonl and <out>/loss.svg.
 //
 // Data parallelism (TrainOptions::parallel, a Communicator from distributed.hpp): R processes run
-// this loop in lockstep, each on its own micro-batch. Each scales its loss by 1/(accumulation x R),
-// so the gradients summed over the ranks (one all-reduce per optimizer step) are the mean over the
-// whole update; every rank then clips by the same global norm and takes the same AdamW step, and
+// this loop in lockstep, each on its own micro-batch. Each scales its loss by 1/(its micro-batches
+// per update x R), so the gradients summed over the ranks (one all-reduce per optimizer step; the
+// per-pass losses are all-reduced too, a few numbers) are the mean over the whole update; every rank then clips by the same global norm and takes the same AdamW step, and
 // the weights stay identical everywhere. Only rank 0 prints and writes metrics, plots and
 // checkpoints. Per pass of the loop:
 //   - default: one iteration is one global micro-batch of R x batch_size sequences (one per
@@ -26,7 +27,8 @@
 // draws the same evaluation stream and computes its share) and all-reduces the loss sums. With
 // zero1, AdamW's moments are sharded: gradients are reduce-scattered, each rank updates its shard of
 // the weights, and an all-gather reassembles them. Checkpoints hold everything unsharded (moments
-// gathered, partial gradients summed on rank 0), so they resume on any number of ranks.
+// gathered, partial gradients summed on rank 0), so they resume on any number of ranks (with
+// keep_global_batch, on one whose iteration groups fit the checkpoint's iteration).
 #pragma once
 
 #include "checkpoint.hpp"
@@ -486,7 +488,12 @@ private:
         double squares = shard_norm * shard_norm;
         collective([&] { comm.allreduce_sum(std::span<double>(&squares, 1)); });
         const double norm = std::sqrt(squares);
-        if (!std::isfinite(norm)) fail_non_finite(e, "gradient norm", norm, engine_->gradients(), "gradient");
+        if (!std::isfinite(norm)) {
+            // Every rank is here (the norm is all-reduced): assemble the summed gradients, so the
+            // report names the first offending tensor of the whole model, not of one shard.
+            comm.allgather(std::span<T>(grads, n));
+            fail_non_finite(e, "gradient norm", norm, engine_->gradients(), "gradient");
+        }
         adamw.step(params + shard.begin, grad_shard, lr, clip_coefficient(norm, config_.grad_clip));
         collective([&] { comm.allgather(std::span<T>(params, n)); });
         engine_->gradients().set_zero();
@@ -551,8 +558,9 @@ private:
         std::copy(streams.begin() + 1, streams.end(), state.rank_train_samplers.begin());
     }
 
-    // Stops every rank with the same message if any rank runs with other configs, data sizes or
-    // checkpoint than rank 0 (a wrong path on one machine would otherwise train silently apart).
+    // Stops the run if any rank runs with other configs, options, data sizes or checkpoint than
+    // rank 0 (a wrong path on one machine would otherwise train silently apart): that rank throws,
+    // and its MPI_Abort (gemma3-train) ends the others.
     void agree_across_ranks(const TrainerState& state, const TokenFile& train, const TokenFile& val) {
         const nlohmann::json mine = {
             {"model_config", to_json(model_config_)},
@@ -560,8 +568,15 @@ private:
             {"batch_sampling", batch_sampling_name(options_.parallel.sampling)},
             {"keep_global_batch", options_.parallel.keep_global_batch},
             {"zero1", options_.parallel.zero1},
+            {"stop_after", options_.stop_after},  // decides when a rank leaves the loop
+            // The resumed checkpoint: two copies at the same iteration that differ (node-local
+            // disks) differ in their sampler states or evaluation record.
             {"iteration", state.iteration},
             {"optimizer_steps", state.optimizer_steps},
+            {"last_eval_iteration", state.last_eval_iteration},
+            {"best_val_loss", std::isfinite(state.best_val_loss) ? nlohmann::json(state.best_val_loss) : nlohmann::json()},
+            {"samplers", {state.train_sampler, state.eval_train_sampler, state.eval_val_sampler}},
+            {"rank_samplers", state.rank_train_samplers},
             {"train_tokens", train.size()},
             {"validation_tokens", val.size()},
         };

@@ -3,7 +3,8 @@
 // Spec §3.2 (forward) and §9.3 (backward). The learned weight is stored zero-centred, so a freshly
 // initialised norm (w = 0) is the identity scale. Used for the four norms of every block and the
 // final norm (rows of emb_dim), and for the q/k norms (rows of head_dim, one weight shared by all
-// heads and positions: pass the [tokens, heads*head_dim] matrix viewed as [tokens*heads, head_dim]).
+// heads and positions: the callers pass each head's column block of the fused q/k/v projection,
+// [tokens, head_dim] with the row stride of the whole matrix, and keep the statistics head by head).
 #pragma once
 
 #include "../tensor.hpp"
