@@ -403,6 +403,7 @@ private:
     }
 
     void allocate(const Shape& s) {
+        shape_ = {};  // until the new arena exists: a failed allocation must not look like a fit
         arena_ = {};  // release first: the old and new arenas need not fit together
         cuda::model_detail::Arena measure;
         layout(measure, s);

@@ -58,7 +58,9 @@ inline int device_count() {
     return count;
 }
 
-inline std::string device_name(int device = 0) {
+// The name of a device; by default the current one (cudaSetDevice).
+inline std::string device_name(int device = -1) {
+    if (device < 0) GEMMA3_CUDA_CHECK(cudaGetDevice(&device));
     cudaDeviceProp properties{};
     GEMMA3_CUDA_CHECK(cudaGetDeviceProperties(&properties, device));
     return properties.name;
@@ -113,7 +115,9 @@ std::size_t byte_count(std::size_t count, const char* what) {
 }
 }  // namespace detail
 
-// Blocking copies (legacy default stream: they wait for earlier work on blocking streams).
+// Copies and fills on the legacy default stream, ordered after earlier work on blocking streams.
+// Host <-> device copies return when done; device fills and device-to-device copies may still be
+// running when they return (later work on any blocking stream waits for them).
 template <class T>
 void copy_to_device(T* device_destination, const T* host_source, std::size_t count) {
     GEMMA3_CUDA_CHECK(cudaMemcpy(device_destination, host_source, detail::byte_count<T>(count, "copy_to_device"),

@@ -38,10 +38,11 @@ public:
         }
 #endif
         model_ = std::make_unique<Model<C, Cuda>>();
+        device_ = is_emulated() ? "the CPU emulator" : device_name();  // this rank's GPU, asked once
     }
 
     std::string description() const {
-        return "CUDA bf16 (fp32 accumulation and master weights) on " + std::string(is_emulated() ? "the CPU emulator" : device_name());
+        return "CUDA bf16 (fp32 accumulation and master weights) on " + device_;
     }
     Parameters<C, float>& parameters() { return model_->parameters; }
     Parameters<C, float>& gradients() { return host_gradients_; }
@@ -103,7 +104,7 @@ public:
     std::string progress(double tokens_per_second, Index seq) const {
         if (is_emulated()) return {};
         char text[96];
-        const double peak = bf16_peak_tflops(device_name()) * 1e12;
+        const double peak = bf16_peak_tflops(device_) * 1e12;
         const double flops = tokens_per_second * training_flops_per_token(config_file_of<C>(), seq);
 #if !GEMMA3_CUDA_IS_EMULATED
         peak_memory_ = std::max(peak_memory_, device_memory_in_use());
@@ -120,6 +121,7 @@ public:
 
 private:
     std::unique_ptr<Model<C, Cuda>> model_;
+    std::string device_;
     std::unique_ptr<TrainingState<C>> state_;
     Parameters<C, float> host_gradients_;
     mutable std::size_t peak_memory_ = 0;

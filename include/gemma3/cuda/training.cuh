@@ -90,10 +90,7 @@ public:
         c.one_minus_beta1 = 1.0f - c.beta1;
         c.one_minus_beta2 = 1.0f - c.beta2;
         c.eps = static_cast<float>(settings_.eps);
-        if (max_norm > 0) {
-            const double coefficient = max_norm / (norm + 1e-6);
-            if (coefficient < 1.0) c.clip = static_cast<float>(coefficient);
-        }
+        c.clip = static_cast<float>(clip_coefficient(norm, max_norm));
         adamw_step(model_.stream(), master_.data(), model_.device_parameters(), grads_.data(), m_.data(), v_.data(), size_v, c);
         return norm;
     }
@@ -150,7 +147,7 @@ inline double bf16_peak_tflops(std::string_view device_name) {
     };
     // More specific names first ("H100 PCIe" before "H100", "A10G" before "A10").
     static constexpr Entry table[] = {
-        {"B200", 2250}, {"H200", 989},     {"GH200", 989},   {"H100 PCIe", 756}, {"H100 NVL", 835},     {"H100", 989},
+        {"B200", 2250}, {"GH200", 989},    {"H200", 989},   {"H100 PCIe", 756}, {"H100 NVL", 835},     {"H100", 989},
         {"H800", 989},  {"A100", 312},     {"A800", 312},    {"A30", 165},       {"A10G", 70},          {"A10", 125},
         {"L40S", 362},  {"L40", 181},      {"L4", 121},      {"RTX 4090", 165},  {"RTX 3090", 71},      {"RTX A6000", 155},
     };

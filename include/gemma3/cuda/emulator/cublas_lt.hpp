@@ -30,7 +30,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <mutex>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 namespace gemma3::cuda::emulator::api {
@@ -141,6 +143,33 @@ namespace gemma3::cuda::emulator::detail {
 using namespace ::gemma3::cuda::emulator::api;
 
 inline constexpr std::uint64_t handle_magic = 0x67656d6d61334c74ull;  // "gemma3Lt"
+
+// The handles created and not yet destroyed: a destroyed handle is recognised without reading the
+// memory it pointed to.
+class LiveHandles {
+public:
+    void add(const cublasLtContext* handle) {
+        std::lock_guard lock(mutex_);
+        handles_.insert(handle);
+    }
+    bool remove(const cublasLtContext* handle) {
+        std::lock_guard lock(mutex_);
+        return handles_.erase(handle) == 1;
+    }
+    bool contains(const cublasLtContext* handle) {
+        std::lock_guard lock(mutex_);
+        return handles_.count(handle) == 1;
+    }
+
+private:
+    std::mutex mutex_;
+    std::unordered_set<const cublasLtContext*> handles_;
+};
+inline LiveHandles& live_handles() {
+    static auto* handles = new LiveHandles();  // never destroyed: handles may outlive static destruction
+    return *handles;
+}
+
 inline constexpr std::uint64_t algo_magic = 0x67656d6d61334167ull;    // "gemma3Ag"
 
 inline cublasStatus_t blas_fail(cublasStatus_t status, std::string detail) {
@@ -302,12 +331,12 @@ inline const char* cublasLtGetStatusString(cublasStatus_t status) noexcept {
 inline cublasStatus_t cublasLtCreate(cublasLtHandle_t* handle) {
     if (handle == nullptr) return detail::blas_fail(CUBLAS_STATUS_INVALID_VALUE, "cublasLtCreate: null output pointer");
     *handle = new cublasLtContext{detail::handle_magic};
+    detail::live_handles().add(*handle);
     return CUBLAS_STATUS_SUCCESS;
 }
 inline cublasStatus_t cublasLtDestroy(cublasLtHandle_t handle) {
-    if (handle == nullptr || handle->magic != detail::handle_magic)
+    if (!detail::live_handles().remove(handle))
         return detail::blas_fail(CUBLAS_STATUS_NOT_INITIALIZED, "cublasLtDestroy: not a live handle");
-    handle->magic = 0;
     delete handle;
     return CUBLAS_STATUS_SUCCESS;
 }
@@ -403,7 +432,7 @@ inline cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t handle, cu
                                                      cublasLtMatmulPreference_t preference, int requested,
                                                      cublasLtMatmulHeuristicResult_t results[], int* returned) {
     constexpr const char* call = "cublasLtMatmulAlgoGetHeuristic";
-    if (handle == nullptr || handle->magic != detail::handle_magic)
+    if (!detail::live_handles().contains(handle))
         return detail::blas_fail(CUBLAS_STATUS_NOT_INITIALIZED, std::string(call) + ": not a live handle");
     if (requested <= 0 || results == nullptr || returned == nullptr || preference == nullptr)
         return detail::blas_fail(CUBLAS_STATUS_INVALID_VALUE,
@@ -432,7 +461,7 @@ inline cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc
     const std::string name(call);
     (void)workspace;
     (void)workspace_bytes;  // the emulated algorithm needs no workspace
-    if (handle == nullptr || handle->magic != detail::handle_magic)
+    if (!detail::live_handles().contains(handle))
         return detail::blas_fail(CUBLAS_STATUS_NOT_INITIALIZED, name + ": not a live handle");
     detail::MatmulShape shape{};
     if (const cublasStatus_t status = detail::validate_matmul(call, desc, a, b, c, d, shape); status != CUBLAS_STATUS_SUCCESS)

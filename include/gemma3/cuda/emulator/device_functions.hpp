@@ -163,7 +163,9 @@ inline double atomicAdd(double* address, double value, GEMMA3_EMULATOR_WHERE) {
     return detail::atomic_at(address, "atomicAdd", where).fetch_add(value);
 }
 inline __nv_bfloat16 atomicAdd(__nv_bfloat16* address, __nv_bfloat16 value, GEMMA3_EMULATOR_WHERE) {
-    const unsigned short old = detail::atomic_update(&address->__x, "atomicAdd", where, [value](unsigned short bits) {
+    // The member's address only once the pointer is known to be valid (atomic_update checks it).
+    unsigned short* bits_address = address == nullptr ? nullptr : &address->__x;
+    const unsigned short old = detail::atomic_update(bits_address, "atomicAdd", where, [value](unsigned short bits) {
         return __bfloat16_as_ushort(__ushort_as_bfloat16(bits) + value);
     });
     return __ushort_as_bfloat16(old);

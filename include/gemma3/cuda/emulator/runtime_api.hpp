@@ -299,10 +299,11 @@ inline cudaError_t cudaMalloc(void** pointer, std::size_t bytes) {
 }
 template <class T>
 cudaError_t cudaMalloc(T** pointer, std::size_t bytes) {
+    if (pointer == nullptr) return detail::fail(cudaErrorInvalidValue, "cudaMalloc: the output pointer is null");
     void* memory = nullptr;
     const cudaError_t status = cudaMalloc(&memory, bytes);
-    if (pointer != nullptr) *pointer = static_cast<T*>(memory);
-    return pointer == nullptr ? detail::fail(cudaErrorInvalidValue, "cudaMalloc: the output pointer is null") : status;
+    *pointer = static_cast<T*>(memory);
+    return status;
 }
 
 inline cudaError_t cudaFree(void* pointer) {

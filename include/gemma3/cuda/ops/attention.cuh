@@ -121,7 +121,7 @@ __global__ void __launch_bounds__(flash_threads)
     // bf16 pairs as 32-bit words. Key rows are padded to an odd number of words, so the 32 lanes
     // (one key each) read 32 different banks when they walk a row's dimensions together.
     __shared__ unsigned q_tile[flash_rows][kPairs];
-    __shared__ unsigned k_tile[flash_keys][kPairs + 1];
+    __shared__ unsigned k_tile[flash_keys][kPairs | 1];
     __shared__ unsigned v_tile[flash_keys][kPairs];
     __shared__ float p_tile[kWarps][kRowsPerWarp][flash_keys];
 

@@ -96,7 +96,8 @@ inline int classifier_chunk_rows(std::int64_t rows, int vocab, std::int64_t budg
 }
 
 // Scratch of classifier_forward_backward: logits (fp32) and d_logits (bf16) of chunk_rows x vocab,
-// and one double per row for the losses.
+// and row_loss: N doubles, one per row of h (all of them, not one chunk's), summed in row order at
+// the end so the loss does not depend on the chunking.
 struct ClassifierWorkspace {
     float* logits = nullptr;
     bf16* d_logits = nullptr;
