@@ -67,6 +67,8 @@ def main():
     if not os.path.exists(a.bench):
         sys.exit(f"{a.bench} not found: build it with  cmake --build build --target gemma3-bench")
     common = ["--config", a.config, "--batch", str(a.batch), "--seq", str(a.seq), "--repeats", str(a.repeats)]
+    # Both cores of the reference machine for everyone: gemma3 (OpenMP + OpenBLAS) and torch alike.
+    ours_env = {"OMP_NUM_THREADS": "2"}
     torch_env = {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}
     script = os.path.join(ROOT, "benchmarks", "torch_gemma3.py")
     pythons = [("torch (PyPI)", sys.executable)]
@@ -75,12 +77,12 @@ def main():
         pythons.append(("torch (Debian)", a.debian_python))
 
     print(f"config {a.config}, batch {a.batch} x {a.seq}, 2 threads; measuring...", file=sys.stderr, flush=True)
-    limits, err = run([a.bench, "--mode", "limits"] + common)
+    limits, err = run([a.bench, "--mode", "limits"] + common, ours_env)
     if limits is None:
         sys.exit(f"gemma3-bench --mode limits failed: {err}")
     results = {}
     for mode in ["train", "forward", "decode"]:
-        results[(mode, "gemma3")] = run([a.bench, "--mode", mode] + common)
+        results[(mode, "gemma3")] = run([a.bench, "--mode", mode] + common, ours_env)
     for name, py in pythons:
         for mode in ["train", "forward"]:
             results[(mode, name)] = run([py, script, "--mode", mode] + common, torch_env)

@@ -170,8 +170,9 @@ void embedding(benchmark::State& state) {
 }
 BENCHMARK(embedding)->ArgNames({"backward"})->Arg(0)->Arg(1);
 
-// The optimizer over all 164.7M parameters: the global norm, then AdamW (clipping folded in,
-// gradients cleared): 32 bytes per parameter, the step's memory-bound part.
+// The optimizer over all 164.7M parameters: the global norm, then AdamW (clipping folded in; the
+// gradients left as they are, so each repetition sees the same ones): 32 bytes per parameter, the
+// step's memory-bound part (gemma3-train also clears the gradients in that pass: 36).
 void adamw(benchmark::State& state) {
     const std::size_t size = parameter_count<configs::Gemma3_270M>;
     auto params = random_buffer(size, 0.02f), grads = random_buffer(size, 1e-3f);

@@ -16,14 +16,7 @@
 include_guard(GLOBAL)
 
 set_property(CACHE GEMMA3_CUDA PROPERTY STRINGS AUTO ON OFF)
-string(TOUPPER "${GEMMA3_CUDA}" _gemma3_cuda_mode)
-if(_gemma3_cuda_mode MATCHES "^(ON|TRUE|YES|1)$")
-  set(_gemma3_cuda_mode ON)
-elseif(_gemma3_cuda_mode MATCHES "^(OFF|FALSE|NO|0)$")
-  set(_gemma3_cuda_mode OFF)
-elseif(NOT _gemma3_cuda_mode STREQUAL "AUTO")
-  message(FATAL_ERROR "GEMMA3_CUDA=${GEMMA3_CUDA}: expected AUTO, ON or OFF")
-endif()
+gemma3_tristate(GEMMA3_CUDA _gemma3_cuda_mode)
 
 set(GEMMA3_CUDA_ENABLED OFF)
 if(NOT _gemma3_cuda_mode STREQUAL "OFF")
@@ -157,11 +150,6 @@ function(gemma3_add_cuda_test name)
     GEMMA3_TEST_DATA_DIR="${PROJECT_SOURCE_DIR}/tests/data" GEMMA3_SOURCE_DIR="${PROJECT_SOURCE_DIR}")
   if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
     target_compile_options(${name} PRIVATE -Werror)
-  endif()
-  if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU" AND CMAKE_CXX_COMPILER_VERSION VERSION_LESS 13)
-    # GCC 12 reports -Wuninitialized inside its own AVX-512 intrinsics (GCC bug 105593) when the
-    # CPU references' Eigen code is built with -march=native; -Werror would turn that into a failure.
-    target_compile_options(${name} PRIVATE -Wno-uninitialized)
   endif()
   # Exported symbols let the emulator name kernels in its messages (dladdr).
   set_target_properties(${name} PROPERTIES ENABLE_EXPORTS ON RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests)

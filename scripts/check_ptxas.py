@@ -101,7 +101,10 @@ def check(paths, allow_spills):
     files = list(report_files(paths))
     for path in files:
         for key, record in parse(path.read_text(errors="replace")).items():
-            functions[key] = record
+            # The same kernel in several objects: keep the worst numbers, so no spill hides.
+            kept = functions.setdefault(key, {})
+            for field, value in record.items():
+                kept[field] = max(kept.get(field, value), value)
     if not functions:
         print(f"check_ptxas.py: no ptxas function report in {', '.join(map(str, paths))} "
               f"({len(files)} report files); was the code compiled with -Xptxas -v through 'capture'?")

@@ -20,7 +20,7 @@ while (($#)); do
         --build-dir) build=$2; shift 2 ;;
         --build-dir=*) build=${1#*=}; shift ;;
         --) shift; bench_args=("$@"); break ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
         *) echo "gpu-check.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -40,13 +40,13 @@ cmake -S "$root" -B "$build" "${generator[@]}" -DCMAKE_BUILD_TYPE=Release -DGEMM
     -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCHITECTURES:-80;90}" > "$build/configure.log" 2>&1 ||
     { tail -n 40 "$build/configure.log" >&2; exit 1; }
 grep -E 'gemma3: (CUDA|NCCL)' "$build/configure.log" || true
-cmake --build "$build" -j "$(nproc)" --target test_cuda test_cuda_ops test_cuda_model gemma3-gpu-train-bench \
-    > "$build/build.log" 2>&1 || { grep -E 'error|FAILED' -A5 "$build/build.log" | head -n 60 >&2; exit 1; }
+# Everything: the ptxas checks below cover every target with device code (tests, gemma3-train, bench).
+cmake --build "$build" -j "$(nproc)" > "$build/build.log" 2>&1 || { grep -E 'error|FAILED' -A5 "$build/build.log" | head -n 60 >&2; exit 1; }
 
 status=0
 echo
 echo "== device tests (GEMMA3_CUDA_BACKEND=device)"
-for t in test_cuda test_cuda_ops test_cuda_model; do
+for t in test_cuda test_cuda_ops test_cuda_model test_cuda_trainer; do
     if GEMMA3_CUDA_BACKEND=device "$build/tests/$t" > "$build/$t.device.log" 2>&1; then
         echo "$t: passed ($(grep -c 'MESSAGE' "$build/$t.device.log" || true) measured errors in $build/$t.device.log)"
     else
@@ -55,6 +55,17 @@ for t in test_cuda test_cuda_ops test_cuda_model; do
         status=1
     fi
 done
+
+if [ -x "$build/tests/test_cuda_trainer_mpi" ]; then  # built when MPI was found: 2 ranks on this GPU
+    if GEMMA3_CUDA_BACKEND=device ctest --test-dir "$build" -R '^test_cuda_trainer_mpi$' --output-on-failure \
+        > "$build/test_cuda_trainer_mpi.device.log" 2>&1; then
+        echo "test_cuda_trainer_mpi: passed ($build/test_cuda_trainer_mpi.device.log)"
+    else
+        echo "test_cuda_trainer_mpi: FAILED (see $build/test_cuda_trainer_mpi.device.log)"
+        tail -n 40 "$build/test_cuda_trainer_mpi.device.log"
+        status=1
+    fi
+fi
 
 echo
 echo "== register spills (ptxas -v, sm_80 and sm_90)"

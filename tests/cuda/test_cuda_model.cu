@@ -1,5 +1,6 @@
 // Model<C, Cuda> and TrainingState end to end (include/gemma3/cuda/model.cuh, training.cuh) against
-// the CPU model in double (model.hpp) with the same bf16-rounded weights: logits, loss, every
+// the CPU model in double (model.hpp; in float for the logits at the seed's dimensions, to keep their
+// memory small) with the same bf16-rounded weights: logits, loss, every
 // parameter gradient after forward_backward, and AdamW steps. Two configs: Gemma3Tiny (untied head,
 // multi-query, q/k norms, sliding window 8 active at 20 tokens; the seed's initialisation) and a
 // tied, grouped-query config without q/k norms (Hugging Face's initialisation).
@@ -171,6 +172,9 @@ void check_model(int batch, int seq, gemma3::InitScheme scheme, std::uint64_t se
     grads.download(grads_host);
     double worst_ratio = 0;
     std::string worst_tensor;
+    // Elements whose reference gradient exceeds the tensor's whole error budget (tolerance x its
+    // 2-norm) have the same sign on the device: the AdamW check below relies on it.
+    std::vector<char> sign_certain(grads_host.size(), 0);
     for (const auto& t : gemma3::parameter_tensors<C>()) {
         const int layer = layer_of(t.name);
         const int stores = 11 * L + 2 + (layer >= 0 ? 6 * (L - layer) : (t.role == gemma3::TensorRole::embedding ? 6 * L : 0));
@@ -180,6 +184,10 @@ void check_model(int batch, int seq, gemma3::InitScheme scheme, std::uint64_t se
             expected[i] = grads_ref.data()[t.offset + i];
         }
         const double error = cu::test::relative_error(got, expected);
+        double norm = 0;
+        for (const double e : expected) norm += e * e;
+        const double error_budget = tolerance(stores) * std::sqrt(norm);
+        for (std::size_t i = 0; i < t.numel(); ++i) sign_certain[t.offset + i] = std::fabs(expected[i]) > error_budget;
         INFO(t.name << ": relative error " << error << ", tolerance " << tolerance(stores));
         CHECK(error <= tolerance(stores));
         if (!(error / tolerance(stores) <= worst_ratio)) {
@@ -242,12 +250,20 @@ void check_model(int batch, int seq, gemma3::InitScheme scheme, std::uint64_t se
         }
         CHECK(off == 0);
         if (step == 1) {
-            // Against the CPU double path: with t = 1 the update is lr * g / (|g| + eps'), so elements
-            // whose gradients agree in sign agree to fp32 and the rest differ by at most 2 lr.
-            std::size_t far = 0;
-            for (std::size_t i = 0; i < weights.size(); ++i)
-                far += !(std::fabs(master_gpu.data()[i] - reference_master.data()[i]) <=
-                         2.001 * lr + 1e-6 * std::fabs(reference_master.data()[i]));
+            // Against the CPU double path. With t = 1 the update is lr g / (|g| + eps) (plus the same
+            // weight decay), so where the gradients agree in sign the weights agree to the float
+            // AdamW bound above plus lr eps / |g| <= 1e-3 lr for |g| >= 1e3 eps. The sign is certain
+            // where |g_ref| exceeds the tensor's gradient error budget (sign_certain).
+            std::size_t checked = 0, far = 0;
+            for (std::size_t i = 0; i < weights.size(); ++i) {
+                if (!sign_certain[i] || std::fabs(grads_ref.data()[i]) < 1e3 * settings.eps) continue;
+                ++checked;
+                const double bound = 8 * cu::test::fp32_unit * (std::fabs(reference_master.data()[i]) + 40 * lr) + 1e-3 * lr;
+                far += !(std::fabs(master_gpu.data()[i] - reference_master.data()[i]) <= bound);
+            }
+            MESSAGE("first AdamW step against the double path: " << checked << " of " << weights.size()
+                                                                   << " weights with a certain gradient sign, " << far << " off");
+            CHECK(checked > 0);
             CHECK(far == 0);
         }
         // The model computes with the bf16 rounding of the new master weights.
@@ -282,6 +298,7 @@ void check_model(int batch, int seq, gemma3::InitScheme scheme, std::uint64_t se
     CHECK(std::equal(after.data(), after.data() + after.size(), round_trip.data()));
     CHECK(moments_round_trip.steps() == 2);
     CHECK(moments_round_trip.first_moment() == moments_after.first_moment());
+    CHECK(moments_round_trip.second_moment() == moments_after.second_moment());
 }
 
 }  // namespace
