@@ -205,6 +205,9 @@ void rmsnorm_backward(const Stream& stream, HeadRows<const In> x, const bf16* we
     require(x.heads == dy.heads && x.heads == dx.heads && x.heads >= 1, "rmsnorm_backward",
             "x, dy and dx must have the same positive heads per token");
     require(cols > 0 && tokens >= 0, "rmsnorm_backward", "cols " + std::to_string(cols) + " must be positive");
+    require(x.ld >= x.heads * cols && dy.ld >= dy.heads * cols && dx.ld >= dx.heads * cols &&
+                (dx_add == nullptr || dx_add_ld >= x.heads * cols),
+            "rmsnorm_backward", "a leading dimension is smaller than heads * cols");
     const std::int64_t rows = tokens * x.heads;
     if (rows == 0) return;
     require(rows <= INT32_MAX, "rmsnorm_backward", std::to_string(rows) + " rows exceed int32");
