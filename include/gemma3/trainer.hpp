@@ -15,9 +15,10 @@
 // Data parallelism (TrainOptions::parallel, a Communicator from distributed.hpp): R processes run
 // this loop in lockstep, each on its own micro-batch. Each scales its loss by 1/(its micro-batches
 // per update x R), so the gradients summed over the ranks (one all-reduce per optimizer step; the
-// per-pass losses are all-reduced too, a few numbers) are the mean over the whole update; every rank then clips by the same global norm and takes the same AdamW step, and
-// the weights stay identical everywhere. Only rank 0 prints and writes metrics, plots and
-// checkpoints. Per pass of the loop:
+// per-pass losses, a few numbers, are all-reduced too) are the mean over the whole update; every
+// rank then clips by the same global norm and takes the same AdamW step, and the weights stay
+// identical everywhere. Only rank 0 prints and writes metrics, plots and checkpoints. Per pass of
+// the loop:
 //   - default: one iteration is one global micro-batch of R x batch_size sequences (one per
 //     rank); an update covers batch_size x accumulation x R sequences.
 //   - keep_global_batch: the R ranks run R consecutive iterations of batch_size sequences, so an
@@ -562,6 +563,13 @@ private:
     // rank 0 (a wrong path on one machine would otherwise train silently apart): that rank throws,
     // and its MPI_Abort (gemma3-train) ends the others.
     void agree_across_ranks(const TrainerState& state, const TokenFile& train, const TokenFile& val) {
+        const auto fnv1a = [](std::string_view text) {
+            std::uint64_t hash = 0xcbf29ce484222325ull;
+            for (const unsigned char c : text) hash = (hash ^ c) * 0x100000001b3ull;
+            return hash;
+        };
+        std::string streams = state.train_sampler + state.eval_train_sampler + state.eval_val_sampler;
+        for (const auto& s : state.rank_train_samplers) streams += s;
         const nlohmann::json mine = {
             {"model_config", to_json(model_config_)},
             {"training_config", to_json(config_)},
@@ -575,13 +583,11 @@ private:
             {"optimizer_steps", state.optimizer_steps},
             {"last_eval_iteration", state.last_eval_iteration},
             {"best_val_loss", std::isfinite(state.best_val_loss) ? nlohmann::json(state.best_val_loss) : nlohmann::json()},
-            {"samplers", {state.train_sampler, state.eval_train_sampler, state.eval_val_sampler}},
-            {"rank_samplers", state.rank_train_samplers},
+            {"sampler_states_hash", fnv1a(streams)},  // kilobytes of generator state: hashed
             {"train_tokens", train.size()},
             {"validation_tokens", val.size()},
         };
-        std::uint64_t hash = 0xcbf29ce484222325ull;  // FNV-1a of the text
-        for (const unsigned char c : mine.dump()) hash = (hash ^ c) * 0x100000001b3ull;
+        const std::uint64_t hash = fnv1a(mine.dump());
         std::uint64_t lead_hash = hash;
         comm_->broadcast(std::span<std::uint64_t>(&lead_hash, 1), 0);
         if (lead_hash != hash) {
