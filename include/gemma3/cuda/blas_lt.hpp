@@ -29,6 +29,7 @@
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 GEMMA3_CUDA_NAMESPACE_BEGIN
 
@@ -87,8 +88,8 @@ public:
         run(stream, batch, a, op_a, b, op_b, c, alpha, beta);
     }
 
-    // Number of problem signatures whose algorithm has been chosen so far.
-    std::size_t cached_algorithm_count() const noexcept { return algorithms_.size(); }
+    // Number of problem signatures whose descriptors and algorithm have been made so far.
+    std::size_t cached_algorithm_count() const noexcept { return plans_.size(); }
 
 private:
     using Key = std::array<std::int64_t, 18>;
@@ -139,10 +140,6 @@ private:
         // cuBLASLt's operands (column-major), see the header comment: its A is our b, its B our a.
         const cudaDataType_t in_type = data_type<In>();
         const cudaDataType_t out_type = data_type<Out>();
-        const Layout lt_a(in_type, b.matrix.cols, b.matrix.rows, b.matrix.ld, batch, b.stride);
-        const Layout lt_b(in_type, a.matrix.cols, a.matrix.rows, a.matrix.ld, batch, a.stride);
-        const Layout lt_c(out_type, c.matrix.cols, c.matrix.rows, c.matrix.ld, batch, c.stride);
-        const MatmulDescription description(op_b == Op::transpose, op_a == Op::transpose);
         const std::int64_t align_lt_a = alignment_of(b.matrix.data, b.stride * std::int64_t{sizeof(In)}, batch);
         const std::int64_t align_lt_b = alignment_of(a.matrix.data, a.stride * std::int64_t{sizeof(In)}, batch);
         const std::int64_t align_c = alignment_of(c.matrix.data, c.stride * std::int64_t{sizeof(Out)}, batch);
@@ -150,23 +147,32 @@ private:
                       c.matrix.ld, batch, batch > 1 ? a.stride : 0, batch > 1 ? b.stride : 0, batch > 1 ? c.stride : 0,
                       static_cast<std::int64_t>(in_type), static_cast<std::int64_t>(out_type), align_lt_a, align_lt_b,
                       align_c, static_cast<std::int64_t>(workspace_.size())};
-        auto found = algorithms_.find(key);
-        if (found == algorithms_.end()) {
+        // The descriptors depend only on the key: made once per signature, with the algorithm.
+        auto found = plans_.find(key);
+        if (found == plans_.end()) {
+            Plan plan{Layout(in_type, b.matrix.cols, b.matrix.rows, b.matrix.ld, batch, b.stride),
+                      Layout(in_type, a.matrix.cols, a.matrix.rows, a.matrix.ld, batch, a.stride),
+                      Layout(out_type, c.matrix.cols, c.matrix.rows, c.matrix.ld, batch, c.stride),
+                      MatmulDescription(op_b == Op::transpose, op_a == Op::transpose), {}};
             const Preference preference(workspace_.size(), align_lt_a, align_lt_b, align_c);
             cublasLtMatmulHeuristicResult_t result{};
             int returned = 0;
-            GEMMA3_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle_, description.get(), lt_a.get(), lt_b.get(), lt_c.get(),
-                                                               lt_c.get(), preference.get(), 1, &result, &returned));
+            GEMMA3_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(handle_, plan.description.get(), plan.lt_a.get(),
+                                                               plan.lt_b.get(), plan.lt_c.get(), plan.lt_c.get(),
+                                                               preference.get(), 1, &result, &returned));
             if (returned == 0 || result.state != CUBLAS_STATUS_SUCCESS)
                 throw CudaError("cublasLtMatmulAlgoGetHeuristic found no algorithm for op(a) " + std::to_string(m) + "x" +
                                     std::to_string(k) + " times op(b) " + std::to_string(k) + "x" + std::to_string(n) +
                                     " (batch " + std::to_string(batch) + ")",
                                 static_cast<int>(result.state));
-            found = algorithms_.emplace(key, result.algo).first;
+            plan.algo = result.algo;
+            found = plans_.emplace(key, std::move(plan)).first;
         }
-        GEMMA3_CUBLAS_CHECK(cublasLtMatmul(handle_, description.get(), &alpha, b.matrix.data, lt_a.get(), a.matrix.data,
-                                           lt_b.get(), &beta, c.matrix.data, lt_c.get(), c.matrix.data, lt_c.get(),
-                                           &found->second, workspace_.data(), workspace_.size(), stream.get()));
+        const Plan& plan = found->second;
+        GEMMA3_CUBLAS_CHECK(cublasLtMatmul(handle_, plan.description.get(), &alpha, b.matrix.data, plan.lt_a.get(),
+                                           a.matrix.data, plan.lt_b.get(), &beta, c.matrix.data, plan.lt_c.get(),
+                                           c.matrix.data, plan.lt_c.get(), &plan.algo, workspace_.data(),
+                                           workspace_.size(), stream.get()));
     }
 
     static void check_operand(const char* name, std::int64_t rows, std::int64_t cols, std::int64_t ld, std::int64_t stride,
@@ -200,7 +206,10 @@ private:
                 throw;
             }
         }
-        ~Layout() { (void)cublasLtMatrixLayoutDestroy(layout_); }
+        ~Layout() {
+            if (layout_ != nullptr) (void)cublasLtMatrixLayoutDestroy(layout_);
+        }
+        Layout(Layout&& other) noexcept : layout_(std::exchange(other.layout_, nullptr)) {}
         Layout(const Layout&) = delete;
         Layout& operator=(const Layout&) = delete;
         cublasLtMatrixLayout_t get() const noexcept { return layout_; }
@@ -223,7 +232,10 @@ private:
                 throw;
             }
         }
-        ~MatmulDescription() { (void)cublasLtMatmulDescDestroy(description_); }
+        ~MatmulDescription() {
+            if (description_ != nullptr) (void)cublasLtMatmulDescDestroy(description_);
+        }
+        MatmulDescription(MatmulDescription&& other) noexcept : description_(std::exchange(other.description_, nullptr)) {}
         MatmulDescription(const MatmulDescription&) = delete;
         MatmulDescription& operator=(const MatmulDescription&) = delete;
         cublasLtMatmulDesc_t get() const noexcept { return description_; }
@@ -265,9 +277,16 @@ private:
         cublasLtMatmulPreference_t preference_ = nullptr;
     };
 
+    // One product signature: its descriptors (cuBLASLt's A is our b, its B our a) and the algorithm.
+    struct Plan {
+        Layout lt_a, lt_b, lt_c;
+        MatmulDescription description;
+        cublasLtMatmulAlgo_t algo;
+    };
+
     cublasLtHandle_t handle_ = nullptr;
     DeviceBuffer<std::byte> workspace_;
-    std::map<Key, cublasLtMatmulAlgo_t> algorithms_;
+    std::map<Key, Plan> plans_;
 };
 
 GEMMA3_CUDA_NAMESPACE_END
