@@ -4,6 +4,8 @@
 
 #include <gemma3/trainer.hpp>
 
+#include "trainer_run.hpp"
+
 #include <sys/wait.h>
 
 #include <cstdio>
@@ -95,16 +97,7 @@ std::vector<std::string> losses(const fs::path& out_dir) {
 
 std::string quiet_run(const fs::path& data, const fs::path& out, std::int64_t stop_after, bool resume,
                       TrainingConfig config = small_training_config()) {
-    std::ostringstream log;
-    TrainOptions options;
-    options.data_dir = data;
-    options.out_dir = out;
-    options.stop_after = stop_after;
-    options.resume = resume;
-    options.live_line = false;
-    options.log = &log;
-    Trainer<Tiny, float>(tiny_model_config(), config, options).run();
-    return log.str();
+    return gemma3::test::run_quietly<Trainer<Tiny, float>>(tiny_model_config(), config, data, out, stop_after, resume);
 }
 
 }  // namespace

@@ -3,13 +3,13 @@
 #pragma once
 
 #include "kernel_test_support.hpp"
+#include "../trainer_run.hpp"
 
 #include <gemma3/cuda/trainer_engine.cuh>
 
 #include <filesystem>
 #include <fstream>
 #include <random>
-#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -48,17 +48,8 @@ template <class Trainer>
 std::string run_trainer(const std::filesystem::path& data, const std::filesystem::path& out, std::int64_t stop_after,
                         bool resume, const gemma3::TrainingConfig& config = training_config(),
                         gemma3::DataParallelOptions parallel = {}) {
-    std::ostringstream log;
-    gemma3::TrainOptions options;
-    options.data_dir = data;
-    options.out_dir = out;
-    options.stop_after = stop_after;
-    options.resume = resume;
-    options.live_line = false;
-    options.log = &log;
-    options.parallel = parallel;
-    Trainer(gemma3::config_file_of<TrainerTiny>(), config, options).run();
-    return log.str();
+    return gemma3::test::run_quietly<Trainer>(gemma3::config_file_of<TrainerTiny>(), config, data, out, stop_after, resume,
+                                              parallel);
 }
 
 // One row per line of <out>/metrics.jsonl, full precision: "train <iter>" with {loss}, "eval <iter>"

@@ -90,9 +90,8 @@ enum cublasLtMatmulPreferenceAttributes_t {
 };
 
 // The descriptors hold what the attributes set, in the attribute's documented type.
-struct cublasLtContext {
-    std::uint64_t magic;
-};
+// A handle carries no state: detail::live_handles() knows which ones exist.
+struct cublasLtContext {};
 using cublasLtHandle_t = cublasLtContext*;
 
 struct cublasLtMatrixLayoutOpaque_t {
@@ -142,8 +141,6 @@ namespace gemma3::cuda::emulator::detail {
 
 using namespace ::gemma3::cuda::emulator::api;
 
-inline constexpr std::uint64_t handle_magic = 0x67656d6d61334c74ull;  // "gemma3Lt"
-
 // The handles created and not yet destroyed: a destroyed handle is recognised without reading the
 // memory it pointed to.
 class LiveHandles {
@@ -170,7 +167,7 @@ inline LiveHandles& live_handles() {
     return *handles;
 }
 
-inline constexpr std::uint64_t algo_magic = 0x67656d6d61334167ull;    // "gemma3Ag"
+inline constexpr std::uint64_t algo_magic = 0x67656d6d61334167ull;  // "gemma3Ag"
 
 inline cublasStatus_t blas_fail(cublasStatus_t status, std::string detail) {
     error_state().detail = std::move(detail);
@@ -330,7 +327,7 @@ inline const char* cublasLtGetStatusString(cublasStatus_t status) noexcept {
 
 inline cublasStatus_t cublasLtCreate(cublasLtHandle_t* handle) {
     if (handle == nullptr) return detail::blas_fail(CUBLAS_STATUS_INVALID_VALUE, "cublasLtCreate: null output pointer");
-    *handle = new cublasLtContext{detail::handle_magic};
+    *handle = new cublasLtContext{};
     detail::live_handles().add(*handle);
     return CUBLAS_STATUS_SUCCESS;
 }

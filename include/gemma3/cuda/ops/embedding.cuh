@@ -8,9 +8,10 @@
 //  - atomic: one block per position adds scale * d_out[n, :] into d_table[token[n], :] with fp32
 //    atomics. Repeated tokens race, so the sum order (and the last bits) vary from run to run.
 //  - deterministic (the default of the model): the positions are grouped by token on the host
-//    (EmbeddingSegments: a stable sort of the positions by the ids the host holds anyway), and one block per
-//    distinct token sums its positions in increasing order, then adds once. No atomics, the same bits
-//    every run, and each row of d_table is read and written once however often its token repeats.
+//    (EmbeddingSegments: a stable sort of the positions by the ids the host holds anyway), and one
+//    block per distinct token sums its positions in increasing order, then adds once. No atomics, the
+//    same bits every run, and each row of d_table is read and written once however often its token
+//    repeats.
 #pragma once
 
 #include "common.cuh"
