@@ -205,83 +205,44 @@ public:
     }
 
 private:
-    // One chunk of m tokens at positions [p0, p0 + m): the blocks of forward.hpp with attention
-    // against the cache. Leaves the final norm's output in final_.
+    // One chunk of m tokens at positions [p0, p0 + m): forward.hpp's blocks, attending to the cache
+    // plus the chunk. Leaves the final norm's output in final_.
     void forward_chunk(std::span<const std::int32_t> tokens) {
         const Index m = static_cast<Index>(tokens.size()), p0 = cache_.length();
-        const T eps = static_cast<T>(C::rms_norm_eps);
-        resize(m);
+        resize_block_activations<C, T>(a_, m, 0);
+        final_.resize(static_cast<std::size_t>(m * D::model));
+        rstd_.resize(static_cast<std::size_t>(m));
         positions_.resize(static_cast<std::size_t>(m));
         for (Index i = 0; i < m; ++i) positions_[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(p0 + i);
         const std::span<const std::int32_t> positions(positions_);
-        const auto nd = [m](T* p) { return matrix_view(p, m, D::model); };
-        const auto cnd = [m](const T* p) { return const_view(p, m, D::model); };
+        auto x = matrix_view(a_.input.data(), m, D::model);  // the residual stream, block to block in place
         embedding_forward<T>(const_view(weights_.embed, D::vocab, D::model), tokens,
-                             static_cast<T>(std::sqrt(double(D::model))), nd(x_.data()));
+                             static_cast<T>(std::sqrt(double(D::model))), x);
         for (int l = 0; l < D::layers; ++l) {
-            const auto& w = weights_.blocks[static_cast<std::size_t>(l)];
             auto& cache = cache_.layer(l);
-            rmsnorm_forward<T>(cnd(x_.data()), w.input_norm, eps, nd(a_.data()), rstd_.data());
-            linear_forward<T>(cnd(a_.data()), const_view(w.q_proj, D::qkv, D::model), matrix_view(qkv_.data(), m, D::qkv));
-            const auto qkv = const_view(qkv_.data(), m, D::qkv);
-            const auto q = column_block(qkv, 0, D::q), k = column_block(qkv, D::q, D::kv);
-            auto q_rot = matrix_view(q_rot_.data(), m, D::q), k_rot = matrix_view(k_rot_.data(), m, D::kv);
-            if constexpr (C::qk_norm) {
-                for (Index h = 0; h < D::heads; ++h) {
-                    rmsnorm_forward<T>(column_block(q, h * D::head, D::head), w.q_norm, eps,
-                                       column_block(q_rot, h * D::head, D::head), rstd_.data());
-                }
-                for (Index h = 0; h < D::kv_heads; ++h) {
-                    rmsnorm_forward<T>(column_block(k, h * D::head, D::head), w.k_norm, eps,
-                                       column_block(k_rot, h * D::head, D::head), rstd_.data());
-                }
-            } else {
-                q_rot = q;
-                k_rot = k;
-            }
-            const auto& table = rope_.for_kind(D::kind(l));
-            rope_forward<T>(matrix_view(q_rot_.data(), m, D::q), D::head, positions, table);
-            rope_forward<T>(matrix_view(k_rot_.data(), m, D::kv), D::head, positions, table);
-            attention_with_cache<T>(as_const(q_rot), as_const(k_rot), column_block(qkv, D::q + D::kv, D::kv), cache, p0,
-                                    attention_shape<C, T>(l, 1, p0 + m), matrix_view(attn_.data(), m, D::q));
-            append_to_cache(cache, p0, m);
-            linear_forward<T>(const_view(attn_.data(), m, D::q), const_view(w.o_proj, D::model, D::q), nd(proj_.data()));
-            rmsnorm_forward<T>(cnd(proj_.data()), w.post_attention_norm, eps, nd(a_.data()), rstd_.data());
-            nd(x_.data()) += cnd(a_.data());
-            rmsnorm_forward<T>(cnd(x_.data()), w.pre_feedforward_norm, eps, nd(a_.data()), rstd_.data());
-            linear_forward<T>(cnd(a_.data()), const_view(w.gate_proj, 2 * D::ffn, D::model),
-                              matrix_view(gate_up_.data(), m, 2 * D::ffn));
-            const auto gate_up = const_view(gate_up_.data(), m, 2 * D::ffn);
-            geglu_forward<T>(column_block(gate_up, 0, D::ffn), column_block(gate_up, D::ffn, D::ffn),
-                             matrix_view(act_.data(), m, D::ffn));
-            linear_forward<T>(const_view(act_.data(), m, D::ffn), const_view(w.down_proj, D::model, D::ffn), nd(proj_.data()));
-            rmsnorm_forward<T>(cnd(proj_.data()), w.post_feedforward_norm, eps, nd(a_.data()), rstd_.data());
-            nd(x_.data()) += cnd(a_.data());
+            const auto shape = attention_shape<C, T>(l, 1, p0 + m);
+            block_forward<C, T>(weights_.blocks[static_cast<std::size_t>(l)], rope_.for_kind(D::kind(l)), positions, a_,
+                                a_.input.data(),
+                                [&](ConstMatrixView<T> q, ConstMatrixView<T> k, ConstMatrixView<T> v, MatrixView<T> attn) {
+                                    attention_with_cache<T>(q, k, v, cache, p0, shape, attn);
+                                    append_to_cache(cache, p0, k, v);
+                                });
         }
-        rmsnorm_forward<T>(cnd(x_.data()), weights_.final_norm, eps, nd(final_.data()), rstd_.data());
+        rmsnorm_forward<T>(as_const(x), weights_.final_norm, static_cast<T>(C::rms_norm_eps),
+                           matrix_view(final_.data(), m, D::model), rstd_.data());
         cache_.set_length(p0 + m);
     }
 
-    void append_to_cache(LayerKvCache<T>& cache, Index p0, Index m) {
+    static void append_to_cache(LayerKvCache<T>& cache, Index p0, ConstMatrixView<T> k, ConstMatrixView<T> v) {
+        const Index m = k.rows();
         cache.reserve(p0 + m);
         for (Index r = 0; r < m; ++r) {
             const Index pos = p0 + r, slot = cache.slot(pos);
             if (cache.position[static_cast<std::size_t>(slot)] < 0) ++cache.used;
             cache.position[static_cast<std::size_t>(slot)] = static_cast<std::int32_t>(pos);
-            std::copy_n(k_rot_.data() + r * D::kv, D::kv, cache.k.data() + slot * D::kv);
-            std::copy_n(qkv_.data() + r * D::qkv + D::q + D::kv, D::kv, cache.v.data() + slot * D::kv);
+            matrix_view(cache.k.data() + slot * D::kv, 1, D::kv) = k.row(r);
+            matrix_view(cache.v.data() + slot * D::kv, 1, D::kv) = v.row(r);
         }
-    }
-
-    void resize(Index m) {
-        const auto n = static_cast<std::size_t>(m);
-        for (auto* b : {&x_, &a_, &proj_, &final_}) b->resize(n * D::model);
-        for (auto* b : {&q_rot_, &attn_}) b->resize(n * D::q);
-        k_rot_.resize(n * D::kv);
-        qkv_.resize(n * D::qkv);
-        gate_up_.resize(n * 2 * D::ffn);
-        act_.resize(n * D::ffn);
-        rstd_.resize(n * D::heads);
     }
 
     Weights<C, const T> weights_;
@@ -289,7 +250,8 @@ private:
     Index chunk_;
     RopeTables<T> rope_;
     std::vector<std::int32_t> positions_;
-    Buffer<T> x_, a_, proj_, final_, qkv_, q_rot_, k_rot_, attn_, gate_up_, act_, rstd_, logits_;
+    BlockActivations<T> a_;  // one block's buffers, reused by every layer
+    Buffer<T> final_, rstd_, logits_;
 };
 
 // ------------------------------------------------------------------------------------------------
