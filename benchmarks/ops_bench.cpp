@@ -69,6 +69,42 @@ BENCHMARK(linear)
     ->Args({D::ffn, D::model, 1})
     ->Unit(benchmark::kMillisecond);
 
+// The engines of the projections' products, y [512, out] = x [512, in] W^T, at the seed's shapes
+// (qkv, o, gate|up, down, head): CBLAS fp32 (OpenBLAS, as the environment sets its kernels), and
+// blas.hpp's gemm() in fp32 and with bf16 inputs (oneDNN when built with it). state.range(2):
+// 0 = CBLAS fp32, 1 = gemm() fp32, 2 = gemm() bf16 inputs with fp32 output.
+void gemm_engine(benchmark::State& state) {
+    const Index in = state.range(0), out = state.range(1);
+    const auto x = random_buffer(static_cast<std::size_t>(n * in)), w = random_buffer(static_cast<std::size_t>(out * in), 0.02f);
+    Buffer<float> y(static_cast<std::size_t>(n * out));
+    const RowMatrix<bf16> x16 = const_view(x.data(), n, in).cast<bf16>(), w16 = const_view(w.data(), out, in).cast<bf16>();
+    for (auto _ : state) {
+        switch (state.range(2)) {
+            case 0:
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(n), static_cast<blasint>(out),
+                            static_cast<blasint>(in), 1.0f, x.data(), static_cast<blasint>(in), w.data(),
+                            static_cast<blasint>(in), 0.0f, y.data(), static_cast<blasint>(out));
+                break;
+            case 1:
+                gemm(const_view(x.data(), n, in), Op::none, const_view(w.data(), out, in), Op::transpose,
+                     matrix_view(y.data(), n, out));
+                break;
+            default:
+                gemm(x16, Op::none, w16, Op::transpose, matrix_view(y.data(), n, out));
+        }
+    }
+    set_flops(state, 2.0 * static_cast<double>(n * in * out));
+    state.SetLabel(state.range(2) == 0 ? "cblas fp32" : (state.range(2) == 1 ? "gemm fp32: " : "gemm bf16: ") + gemm_engine_name());
+}
+BENCHMARK(gemm_engine)
+    ->ArgNames({"in", "out", "engine"})
+    ->ArgsProduct({{D::model}, {D::qkv}, {0, 1, 2}})
+    ->ArgsProduct({{D::q}, {D::model}, {0, 1, 2}})
+    ->ArgsProduct({{D::model}, {2 * D::ffn}, {0, 1, 2}})
+    ->ArgsProduct({{D::ffn}, {D::model}, {0, 1, 2}})
+    ->ArgsProduct({{D::model}, {D::vocab}, {0, 1, 2}})
+    ->Unit(benchmark::kMillisecond);
+
 void rmsnorm(benchmark::State& state) {
     const Index cols = state.range(0), rows = n * (cols == D::head ? D::heads : 1);
     auto x = random_buffer(static_cast<std::size_t>(rows * cols)), w = random_buffer(static_cast<std::size_t>(cols), 0.1f),
