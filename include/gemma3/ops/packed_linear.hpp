@@ -7,17 +7,19 @@
 //
 //  - One row (decoding): hand-written AVX-512 kernels below. They widen the weights to fp32 in
 //    registers (bf16: a shift or mask of each 32-bit lane; int8: sign-extend and convert, then one
-//    multiply by the block's scale) and multiply-add them into fp32 accumulators, so the product is
-//    the fp32 product of the stored weights with the unrounded activations. Why not oneDNN's matmul
-//    with M = 1: measured on the reference machine (seed head, 50257 x 640, one core;
-//    benchmarks/ops_bench.cpp's packed_matvec), oneDNN 2.6's bf16 matmul reaches ~10 GB/s of weights
-//    at M = 1 where these kernels stream ~25 GB/s; it also rounds the activations to bf16, and it has
-//    no int8-weight / fp32-activation product at all (weight decompression came in oneDNN 3.x).
-//    Not `vdpbf16ps` (avx512_bf16): it would need the activations in bf16 too, and the kernel is
-//    bound by memory, not by the two extra integer instructions per 32 weights.
+//    multiply by the block's scale) and multiply-add them into fp32 accumulators: the fp32 product of
+//    the stored weights with the unrounded activations. Why not oneDNN's matmul with M = 1: on the
+//    reference machine (gemma3-ops-bench --benchmark_filter=packed_matvec, one pinned thread, machine
+//    busy with other builds, GB/s of weights per CPU second) oneDNN 2.6's bf16 matmul at M = 1 read
+//    14 GB/s on the cache-resident gate|up and down matrices where the bf16 kernel here read 25-33,
+//    and 7.2 against 8.2 GB/s on the 64 MB head; it also rounds the activations to bf16, and it has no
+//    int8-weight product with fp32 activations (weight decompression came with oneDNN 3.x).
+//    Not `vdpbf16ps` (avx512_bf16): it needs the activations in bf16 too, and the loop is bound by
+//    memory, not by the two extra integer instructions per 32 weights.
 //    The AVX-512 code is compiled with a target attribute (so any -march builds it) and chosen at run
 //    time when the CPU has AVX-512 F and BW; otherwise a portable scalar loop computes the same sums.
-//  - Several rows (prefill): one GEMM over the weights widened to fp32 (exact), chunk by chunk.
+//  - Several rows (prefill): bf16 weights go to blas.hpp's bf16 GEMM (activations rounded to bf16 on
+//    the way in, fp32 accumulation); int8 weights are widened to fp32 and multiplied in fp32.
 #pragma once
 
 #include "../blas.hpp"
@@ -60,20 +62,6 @@ inline WeightFormat parse_weight_format(std::string_view text) {
     throw std::invalid_argument("weight format \"" + std::string(text) + "\": expected f32, bf16 or int8");
 }
 
-// bf16 <-> fp32 by bits: widening is exact (the top half of a binary32); narrowing rounds to nearest,
-// ties to even (finite inputs: weights are checked finite when they are loaded).
-inline float widen_bf16(std::uint16_t bits) {
-    const std::uint32_t wide = static_cast<std::uint32_t>(bits) << 16;
-    float f;
-    std::memcpy(&f, &wide, sizeof f);
-    return f;
-}
-inline std::uint16_t round_to_bf16_bits(float value) {
-    std::uint32_t bits;
-    std::memcpy(&bits, &value, sizeof bits);
-    return static_cast<std::uint16_t>((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
-}
-
 // A weight matrix [rows, cols] (PyTorch's [out, in]) in bf16 or blockwise int8.
 // int8: row r's columns [32 b, 32 b + 32) are q * scale[r, b], scale = max |w| / 127 over the block
 // and q = round(w / scale) in [-127, 127], so each weight is off by at most scale / 2.
@@ -82,7 +70,7 @@ struct PackedMatrix {
 
     WeightFormat format = WeightFormat::bf16;
     Index rows = 0, cols = 0;
-    Buffer<std::uint16_t> bf16;  // [rows, cols] (bf16 format)
+    Buffer<gemma3::bf16> bf16;   // [rows, cols] (bf16 format)
     Buffer<std::int8_t> q;       // [rows, cols] (int8 format)
     Buffer<float> scales;        // [rows, blocks()] (int8 format)
 
@@ -99,7 +87,7 @@ struct PackedMatrix {
             m.bf16.resize(n);
 #pragma omp parallel for schedule(static)
             for (Index r = 0; r < m.rows; ++r)
-                for (Index c = 0; c < m.cols; ++c) m.bf16[static_cast<std::size_t>(r * m.cols + c)] = round_to_bf16_bits(w(r, c));
+                for (Index c = 0; c < m.cols; ++c) m.bf16[static_cast<std::size_t>(r * m.cols + c)] = gemma3::bf16(w(r, c));
         } else {
             m.q.resize(n);
             m.scales.resize(static_cast<std::size_t>(m.rows * m.blocks()));
@@ -124,7 +112,7 @@ struct PackedMatrix {
 
     // The weight the products use, in double: exact for both formats (q * scale needs 8 + 24 bits).
     double value(Index r, Index c) const {
-        if (format == WeightFormat::bf16) return widen_bf16(bf16[static_cast<std::size_t>(r * cols + c)]);
+        if (format == WeightFormat::bf16) return static_cast<float>(bf16[static_cast<std::size_t>(r * cols + c)]);
         return static_cast<double>(q[static_cast<std::size_t>(r * cols + c)]) *
                static_cast<double>(scales[static_cast<std::size_t>(r * blocks() + c / block)]);
     }
@@ -132,8 +120,8 @@ struct PackedMatrix {
     // Row r widened to fp32 (int8: q * scale rounded once to fp32).
     void widen_row(Index r, float* out) const {
         if (format == WeightFormat::bf16) {
-            const std::uint16_t* row = bf16.data() + r * cols;
-            for (Index c = 0; c < cols; ++c) out[c] = widen_bf16(row[c]);
+            const gemma3::bf16* row = bf16.data() + r * cols;
+            for (Index c = 0; c < cols; ++c) out[c] = static_cast<float>(row[c]);
         } else {
             const std::int8_t* row = q.data() + r * cols;
             const float* s = scales.data() + r * blocks();
@@ -142,7 +130,7 @@ struct PackedMatrix {
     }
 
     std::size_t bytes() const {
-        return bf16.size() * sizeof(std::uint16_t) + q.size() + scales.size() * sizeof(float);
+        return bf16.size() * sizeof(gemma3::bf16) + q.size() + scales.size() * sizeof(float);
     }
 };
 
@@ -154,8 +142,8 @@ inline void packed_matvec_scalar(const PackedMatrix& w, Index r0, Index r1, cons
     for (Index r = r0; r < r1; ++r) {
         float sum = 0;
         if (w.format == WeightFormat::bf16) {
-            const std::uint16_t* row = w.bf16.data() + r * w.cols;
-            for (Index c = 0; c < w.cols; ++c) sum += widen_bf16(row[c]) * x[c];
+            const gemma3::bf16* row = w.bf16.data() + r * w.cols;
+            for (Index c = 0; c < w.cols; ++c) sum += static_cast<float>(row[c]) * x[c];
         } else {
             const std::int8_t* row = w.q.data() + r * w.cols;
             const float* s = w.scales.data() + r * w.blocks();
@@ -187,7 +175,7 @@ __attribute__((target("avx512f,avx512bw"))) inline void packed_matvec_bf16_avx51
     const __m512i high = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
     Index r = r0;
     for (; r + 4 <= r1; r += 4) {
-        const std::uint16_t* row[4];
+        const gemma3::bf16* row[4];
         __m512 even[4], odd[4];
         for (int i = 0; i < 4; ++i) {
             row[i] = w.bf16.data() + (r + i) * cols;
@@ -204,12 +192,12 @@ __attribute__((target("avx512f,avx512bw"))) inline void packed_matvec_bf16_avx51
         }
         for (int i = 0; i < 4; ++i) {
             float sum = _mm512_reduce_add_ps(_mm512_add_ps(even[i], odd[i]));
-            for (Index c = full; c < cols; ++c) sum += widen_bf16(row[i][c]) * x[c];
+            for (Index c = full; c < cols; ++c) sum += static_cast<float>(row[i][c]) * x[c];
             y[r + i] = sum;
         }
     }
     for (; r < r1; ++r) {
-        const std::uint16_t* one = w.bf16.data() + r * cols;
+        const gemma3::bf16* one = w.bf16.data() + r * cols;
         __m512 even = _mm512_setzero_ps(), odd = _mm512_setzero_ps();
         for (Index c = 0; c < full; c += 32) {
             const __m512i v = _mm512_loadu_si512(one + c);
@@ -217,7 +205,7 @@ __attribute__((target("avx512f,avx512bw"))) inline void packed_matvec_bf16_avx51
             odd = _mm512_fmadd_ps(_mm512_castsi512_ps(_mm512_and_si512(v, high)), _mm512_loadu_ps(x_split + c + 16), odd);
         }
         float sum = _mm512_reduce_add_ps(_mm512_add_ps(even, odd));
-        for (Index c = full; c < cols; ++c) sum += widen_bf16(one[c]) * x[c];
+        for (Index c = full; c < cols; ++c) sum += static_cast<float>(one[c]) * x[c];
         y[r] = sum;
     }
 }
@@ -333,7 +321,18 @@ void linear_forward(ConstMatrixView<T> x, const PackedMatrix& weight, MatrixView
         packed_matvec(weight, x_row.data(), y.data());
         return;
     }
-    // Several rows: widen the weights once and use one fp32 GEMM.
+    if (weight.format == WeightFormat::bf16) {
+        // Several rows (prefill): the bf16 GEMM (blas.hpp), activations rounded to bf16 on the way
+        // in, fp32 accumulation and output.
+        thread_local Buffer<gemma3::bf16> x16;
+        x16.resize(static_cast<std::size_t>(x.rows() * x.cols()));
+        auto rounded = matrix_view(x16.data(), x.rows(), x.cols());
+        for (Index r = 0; r < x.rows(); ++r) rounded.row(r) = x.row(r).template cast<gemma3::bf16>();
+        gemm(as_const(rounded), Op::none, const_view(weight.bf16.data(), weight.rows, weight.cols), Op::transpose, y);
+        return;
+    }
+    // int8, several rows: widen the weights to fp32 once per call (exact up to one rounding of
+    // q * scale) and use one fp32 GEMM; a bf16 GEMM would round them a second time.
     thread_local Buffer<float> wide;
     wide.resize(static_cast<std::size_t>(weight.rows * weight.cols));
     float* const widened = wide.data();  // this thread's buffer, shared with the team below
