@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <ctime>
 #include <fstream>
 #include <functional>
 #include <iostream>
@@ -68,6 +69,14 @@ void report(nlohmann::json j) {
     j["peak_rss_mib"] = peak_rss_mib();
     j["threads"] = omp_get_max_threads();
     std::cout << j.dump() << std::endl;
+}
+
+// CPU time of the whole process: on a shared machine, a one-thread run's rate per CPU second is
+// what it would reach with the core to itself (memory bandwidth aside).
+double process_cpu_seconds() {
+    timespec t{};
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
 }
 
 std::vector<std::int32_t> random_tokens(std::int64_t n, int vocab, unsigned seed) {
@@ -173,13 +182,14 @@ void decode(const Settings& s) {
         model.reset();  // decoding reads only the packed copy
     }
     const auto prompt = random_tokens(s.seq, C::vocab_size, 5);
-    double per_token = 0;
+    double per_token = 0, cpu_per_token = 0;
     median_seconds(s.warmup, s.repeats, [&] {
         auto generator = packed ? gemma3::Generator<C, float>(*packed, s.seq + s.decode_tokens + 1)
                                 : gemma3::Generator<C, float>(*model, s.seq + s.decode_tokens + 1);
         generator.append(prompt);
         std::int32_t next = 1;
         const auto start = Clock::now();
+        const double cpu_start = process_cpu_seconds();
         for (std::int64_t i = 0; i < s.decode_tokens; ++i) {
             const auto logits = generator.append(std::span<const std::int32_t>(&next, 1));
             gemma3::Index arg = 0;
@@ -187,6 +197,7 @@ void decode(const Settings& s) {
             next = static_cast<std::int32_t>(arg);
         }
         per_token = std::chrono::duration<double>(Clock::now() - start).count() / static_cast<double>(s.decode_tokens);
+        cpu_per_token = (process_cpu_seconds() - cpu_start) / static_cast<double>(s.decode_tokens);
     });
     // Bytes a decode step must read: every weight matrix once (the embedding only one row).
     const auto counts = gemma3::count_parameters(gemma3::config_file_of<C>());
@@ -197,11 +208,13 @@ void decode(const Settings& s) {
     const char* kernels = s.weights == gemma3::WeightFormat::f32 ? "gemm"
                           : gemma3::packed_kernels_use_avx512() ? "avx512" : "scalar";
     std::cerr << "decode (" << format << " weights, " << kernels << "): " << 1 / per_token << " tokens/s after a " << s.seq
-              << "-token prompt (" << bytes / 1e6 << " MB of weights per token, " << bytes / per_token / 1e9 << " GB/s)\n";
+              << "-token prompt (" << bytes / 1e6 << " MB of weights per token, " << bytes / per_token / 1e9
+              << " GB/s); per CPU second " << 1 / cpu_per_token << "\n";
     report({{"mode", "decode"},
             {"weights", format},
             {"kernels", kernels},
             {"tokens_per_s", 1 / per_token},
+            {"tokens_per_cpu_s", 1 / cpu_per_token},  // with one thread: the rate when the core is not shared
             {"weight_bytes_per_token", bytes},
             {"prompt", s.seq}});
 }

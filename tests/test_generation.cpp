@@ -343,3 +343,42 @@ TEST_CASE("packed decoding stays within its quantisation bound of the unpacked m
                                            << "); greedy tokens compared at " << checked << " of " << length - 3 << " positions");
     }
 }
+
+// The packed products alone, at a size with several row panels (int8 prefill widens 1024 rows at a
+// time), rows not a multiple of the kernels' 4 and columns with a partial block (72 = 2 x 32 + 8).
+// Each output against the double product of the stored weights, within the componentwise bound of
+// an fp32 dot product, gamma_n sum |w x| with gamma_n ~ n u_f (n = 72 terms, plus one for an int8
+// block's scale); bf16 prefill also rounds x to bf16: + u_b sum |w x|.
+TEST_CASE("packed linear_forward equals the double product of the stored weights, one row and several") {
+    const Index rows = 2101, cols = 72;
+    std::mt19937 rng(5);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    RowMatrix<float> w(rows, cols), x(3, cols);
+    for (Index i = 0; i < w.size(); ++i) w.data()[i] = normal(rng);
+    for (Index i = 0; i < x.size(); ++i) x.data()[i] = normal(rng);
+    for (const auto format : {WeightFormat::bf16, WeightFormat::int8}) {
+        const auto packed = PackedMatrix::pack(const_view(w.data(), rows, cols), format);
+        RowMatrix<double> stored(rows, cols);
+        for (Index r = 0; r < rows; ++r)
+            for (Index c = 0; c < cols; ++c) stored(r, c) = packed.value(r, c);
+        for (const bool scalar : {false, true}) {
+            const ScalarKernels choice(scalar);
+            for (const Index m : {Index{1}, Index{3}}) {
+                CAPTURE(std::string(weight_format_name(format)));
+                CAPTURE(scalar);
+                CAPTURE(m);
+                RowMatrix<float> y(m, rows);
+                linear_forward<float>(const_view(x.data(), m, cols), packed, matrix_view(y.data(), m, rows));
+                const RowMatrix<double> xd = x.topRows(m).cast<double>();
+                const RowMatrix<double> exact = xd * stored.transpose();
+                const RowMatrix<double> magnitude = xd.cwiseAbs() * stored.cwiseAbs().transpose();
+                const double rounding = (format == WeightFormat::bf16 && m > 1 ? 0x1p-8 : 0.0) + (cols + 1) * 0x1p-24;
+                int bad = 0;
+                for (Index i = 0; i < m; ++i)
+                    for (Index r = 0; r < rows; ++r)
+                        if (std::abs(static_cast<double>(y(i, r)) - exact(i, r)) > rounding * magnitude(i, r)) ++bad;
+                CHECK(bad == 0);
+            }
+        }
+    }
+}

@@ -331,14 +331,19 @@ void linear_forward(ConstMatrixView<T> x, const PackedMatrix& weight, MatrixView
         gemm(as_const(rounded), Op::none, const_view(weight.bf16.data(), weight.rows, weight.cols), Op::transpose, y);
         return;
     }
-    // int8, several rows: widen the weights to fp32 once per call (exact up to one rounding of
-    // q * scale) and use one fp32 GEMM; a bf16 GEMM would round them a second time.
+    // int8, several rows: widen the weights to fp32 (exact up to one rounding of q * scale) a panel
+    // of rows at a time, so the scratch stays a few MB, and multiply in fp32; a bf16 GEMM would round
+    // the weights a second time.
+    constexpr Index panel = 1024;
     thread_local Buffer<float> wide;
-    wide.resize(static_cast<std::size_t>(weight.rows * weight.cols));
+    wide.resize(static_cast<std::size_t>(std::min(panel, weight.rows) * weight.cols));
     float* const widened = wide.data();  // this thread's buffer, shared with the team below
+    for (Index r0 = 0; r0 < weight.rows; r0 += panel) {
+        const Index rows = std::min(panel, weight.rows - r0);
 #pragma omp parallel for schedule(static)
-    for (Index r = 0; r < weight.rows; ++r) weight.widen_row(r, widened + r * weight.cols);
-    gemm(x, Op::none, const_view(widened, weight.rows, weight.cols), Op::transpose, y);
+        for (Index r = 0; r < rows; ++r) weight.widen_row(r0 + r, widened + r * weight.cols);
+        gemm(x, Op::none, const_view(widened, rows, weight.cols), Op::transpose, column_block(y, r0, rows));
+    }
 }
 
 // out [tokens, cols] = table[token] * scale, from a packed table (the widened row, in fp32).
