@@ -8,6 +8,10 @@
 // New tokens are processed in chunks. For each layer, a chunk's queries attend to two sets of keys:
 // the cache as it was before the chunk (positions < p0) and the chunk's own keys; then the chunk's
 // keys and values are written into the cache. So the ring never has to hold more than the window.
+//
+// The blocks are forward.hpp's block_forward, with attention against the cache. The weights are the
+// model's own (float or double), or a PackedWeights copy in bf16 or blockwise int8 that decoding
+// reads at half or about a quarter of fp32's bytes per token (ops/packed_linear.hpp).
 #pragma once
 
 #include "forward.hpp"
@@ -251,6 +255,7 @@ public:
     explicit Generator(const PackedWeights<C>& weights, Index max_positions = D::context, Index chunk = 128)
         requires std::is_same_v<T, float>
         : weights_{}, packed_(&weights), cache_(max_positions), chunk_(chunk) {}
+    Generator(const PackedWeights<C>&&, Index = D::context, Index = 128) = delete;  // would dangle
 
     const KvCache<C, T>& cache() const { return cache_; }
     Index length() const { return cache_.length(); }
