@@ -34,6 +34,7 @@ struct Options {
     int max_new_tokens = 200;
     int num_samples = 1;
     bool no_stop = false;
+    bool print_ids = false;
     gemma3::SamplingSettings sampling{0.8, 0, 1.0, 1234};
 };
 
@@ -95,12 +96,12 @@ int run(const Options& o, const gemma3::Tokenizer* tokenizer, std::vector<std::i
         settings.seed += static_cast<std::uint64_t>(sample);
         gemma3::TokenSampler sampler(settings);
         if (o.num_samples > 1) std::cout << "--- sample " << sample + 1 << " ---\n";
-        if (tokenizer) std::cout << tokenizer->decode(prompt) << std::flush;
+        if (tokenizer && !o.print_ids) std::cout << tokenizer->decode(prompt) << std::flush;
         const auto start = std::chrono::steady_clock::now();
         std::chrono::steady_clock::time_point first_token;
         const auto tokens = gemma3::generate(generator, prompt, o.max_new_tokens, sampler, stop, [&](std::int32_t t) {
             if (first_token == std::chrono::steady_clock::time_point{}) first_token = std::chrono::steady_clock::now();
-            if (tokenizer) {
+            if (tokenizer && !o.print_ids) {
                 const auto bytes = tokenizer->token_bytes(t);
                 std::cout.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
             } else {
@@ -137,6 +138,7 @@ int main(int argc, char** argv) {
     app.add_option("--seed", o.sampling.seed, "sampling seed")->capture_default_str();
     app.add_option("--num-samples", o.num_samples, "independent samples")->capture_default_str()->check(CLI::PositiveNumber);
     app.add_flag("--no-stop", o.no_stop, "do not stop at <|endoftext|>");
+    app.add_flag("--ids", o.print_ids, "print the new tokens' ids (space-separated) instead of text");
     app.add_option("--logits-out", o.logits_out, "write the prompt's logits to this safetensors file and exit");
     CLI11_PARSE(app, argc, argv);
 
