@@ -3,21 +3,19 @@
 
   python tools/check_hf_tokenizer.py CHECKPOINT_DIR TEXT_FILE... [--gemma3-tokenize build/bin/gemma3-tokenize]
 
-For each text file: AutoTokenizer.from_pretrained(CHECKPOINT_DIR) (tokenizer.json, the fast
-tokenizer) and, from the same directory, the files older transformers versions read (vocab.json +
-merges.txt, through the `tokenizers` library's ByteLevelBPETokenizer as GPT2TokenizerFast builds it)
-must give exactly the ids of `gemma3-tokenize encode --allow-special`, and decoding them must give
+For each text file: AutoTokenizer.from_pretrained(CHECKPOINT_DIR) (which reads tokenizer.json) and
+AutoTokenizer.from_pretrained on a copy of the files older transformers versions read
+(vocab.json + merges.txt + tokenizer_config.json, without tokenizer.json) must give exactly the ids of `gemma3-tokenize encode --allow-special`, and decoding them must give
 the text back (invalid UTF-8 in a file is replaced by U+FFFD first: transformers takes only text). Needs only transformers and tokenizers (no torch). Exits 1 on any difference.
 """
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
-from tokenizers import Tokenizer
-from tokenizers.models import BPE
-from tokenizers.pre_tokenizers import ByteLevel
 from transformers import AutoTokenizer
 
 
@@ -30,13 +28,10 @@ def main():
     args = parser.parse_args()
 
     fast = AutoTokenizer.from_pretrained(args.checkpoint)
-    # The older format: vocab.json + merges.txt, with GPT-2's byte-level pipeline.
-    legacy = Tokenizer(BPE.from_file(os.path.join(args.checkpoint, "vocab.json"),
-                                     os.path.join(args.checkpoint, "merges.txt")))
-    legacy.pre_tokenizer = ByteLevel(add_prefix_space=False)
-    legacy.add_special_tokens(["<|endoftext|>"])
-    from tokenizers.decoders import ByteLevel as ByteLevelDecoder
-    legacy.decoder = ByteLevelDecoder()
+    with tempfile.TemporaryDirectory() as legacy_dir:
+        for name in ("vocab.json", "merges.txt", "tokenizer_config.json"):
+            shutil.copy(os.path.join(args.checkpoint, name), legacy_dir)
+        legacy = AutoTokenizer.from_pretrained(legacy_dir)
     with open(os.path.join(args.checkpoint, "tokenizer_config.json")) as f:
         config = json.load(f)
     failures = 0
@@ -57,7 +52,7 @@ def main():
         for name, ids, decoded in (
                 ("AutoTokenizer (tokenizer.json)", fast.encode(text, add_special_tokens=False),
                  lambda ids: fast.decode(ids)),
-                ("vocab.json + merges.txt", legacy.encode(text).ids, lambda ids: legacy.decode(ids, skip_special_tokens=False))):
+                ("vocab.json + merges.txt", legacy.encode(text, add_special_tokens=False), lambda ids: legacy.decode(ids))):
             same = ids == ours
             first = next((i for i, (a, b) in enumerate(zip(ids, ours)) if a != b), min(len(ids), len(ours)))
             round_trip = decoded(ids) == text
