@@ -2,11 +2,15 @@
 // against GPT-2's own Hugging Face files (data/gpt2-hf, from openai-whisper; an independent copy):
 // the same vocabulary and the same merges in the same order. That transformers itself loads them
 // and encodes like gemma3-tokenize is checked by tools/check_hf_tokenizer.py in scripts/test.sh.
+// Also the places the programs look for the ranks file (examples/find_tokenizer.hpp).
 #include <doctest/doctest.h>
 
 #include <gemma3/hf_tokenizer_files.hpp>
 #include <gemma3/tokenizer.hpp>
 
+#include "../examples/find_tokenizer.hpp"
+
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -105,4 +109,25 @@ TEST_CASE("ranks that are not a byte-level BPE vocabulary are refused") {
     auto missing_byte = tokens;
     missing_byte[7] = "qq";
     CHECK_THROWS_AS(hf_tokenizer_files(missing_byte, "<|endoftext|>", 64), std::invalid_argument);
+}
+
+TEST_CASE("the programs look for the ranks file at --tokenizer, else $GEMMA3_TOKENIZER, else beside their install or checkout") {
+    ::unsetenv("GEMMA3_TOKENIZER");
+    CHECK(programs::tokenizer_candidates("mine.tiktoken") == std::vector<fs::path>{"mine.tiktoken"});
+    const auto places = programs::tokenizer_candidates("");
+    // This test binary lives in <build>/tests: the install layout, then the checkout layout.
+    const auto bin = fs::read_symlink("/proc/self/exe").parent_path();
+    REQUIRE(places.size() == 3);
+    CHECK(places[0] == bin.parent_path() / "share" / "gemma3" / "gpt2.tiktoken");
+    CHECK(places[1] == bin.parent_path().parent_path() / "data" / "gpt2.tiktoken");
+    CHECK(places[2] == fs::path(GEMMA3_SOURCE_DATA_DIR) / "gpt2.tiktoken");
+    const auto found = programs::find_tokenizer("");  // the first of them that exists
+    CHECK((found == places[1] || found == places[2]));
+    CHECK_THROWS_WITH(programs::find_tokenizer("/nonexistent/ranks"), "--tokenizer /nonexistent/ranks: no such file");
+
+    ::setenv("GEMMA3_TOKENIZER", "/nonexistent/env.tiktoken", 1);
+    CHECK(programs::tokenizer_candidates("") == std::vector<fs::path>{"/nonexistent/env.tiktoken"});
+    CHECK_THROWS_WITH(programs::find_tokenizer(""), "GEMMA3_TOKENIZER=/nonexistent/env.tiktoken: no such file");
+    CHECK_THROWS_WITH(programs::find_tokenizer("/nonexistent/flag"), "--tokenizer /nonexistent/flag: no such file");
+    ::unsetenv("GEMMA3_TOKENIZER");
 }
