@@ -437,6 +437,9 @@ public:
         bool best = false;
         if (e == config_.max_iters && state.last_eval_iteration != e) best = evaluate(e);
         checkpoint(e, best);
+        // A rank that exits non-zero makes mpirun end the others: none leaves before rank 0 has
+        // written the checkpoint.
+        if (summary.stopped_by_signal && plan_.ranks > 1) comm.barrier();
         const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
         log << (e == config_.max_iters ? "finished" : "stopped") << " at iteration " << e << " after "
             << detail::format_duration(elapsed) << "; checkpoint " << (options_.out_dir / "latest").string() << "\n";
