@@ -159,6 +159,13 @@ inline void packed_matvec_scalar(const PackedMatrix& w, Index r0, Index r1, cons
 }
 
 #if GEMMA3_PACKED_AVX512
+// GCC 12 warns inside its own AVX-512 intrinsics (GCC bug 105593: an intentionally undefined vector);
+// the pragma covers the inlining sites below, so users' -Werror builds stay clean.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#endif
 inline bool cpu_has_avx512() {
     static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
     return yes;
@@ -210,17 +217,19 @@ __attribute__((target("avx512f,avx512bw"))) inline void packed_matvec_bf16_avx51
     }
 }
 
+// One int8 block's 32 weights times x's 32 values, as 16 fp32 partial sums. (A function, not a lambda:
+// a lambda would not inherit the target attribute.)
+__attribute__((target("avx512f,avx512bw"))) inline __m512 int8_block_partial(const std::int8_t* q, __m512 x0, __m512 x1) {
+    const __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q))));
+    const __m512 w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16))));
+    return _mm512_fmadd_ps(w1, x1, _mm512_mul_ps(w0, x0));
+}
+
 // int8 rows [r0, r1): per block of 32 weights, sign-extend two 16-byte halves to 32-bit lanes,
 // convert to fp32, multiply-add with x, then add the block's partial times its scale.
 __attribute__((target("avx512f,avx512bw"))) inline void packed_matvec_int8_avx512(const PackedMatrix& w, Index r0,
                                                                                    Index r1, const float* x, float* y) {
     const Index cols = w.cols, nb = w.blocks(), full_blocks = cols / 32;
-    const auto block_partial = [](const std::int8_t* q, __m512 x0, __m512 x1) {
-        const __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q))));
-        const __m512 w1 =
-            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + 16))));
-        return _mm512_fmadd_ps(w1, x1, _mm512_mul_ps(w0, x0));
-    };
     const auto tail = [&](Index r) {  // the last, partial block
         float part = 0;
         const std::int8_t* row = w.q.data() + r * cols;
@@ -234,7 +243,7 @@ __attribute__((target("avx512f,avx512bw"))) inline void packed_matvec_int8_avx51
         for (Index b = 0; b < full_blocks; ++b) {
             const __m512 x0 = _mm512_loadu_ps(x + b * 32), x1 = _mm512_loadu_ps(x + b * 32 + 16);
             for (int i = 0; i < 4; ++i) {
-                const __m512 part = block_partial(w.q.data() + (r + i) * cols + b * 32, x0, x1);
+                const __m512 part = int8_block_partial(w.q.data() + (r + i) * cols + b * 32, x0, x1);
                 acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(w.scales[static_cast<std::size_t>((r + i) * nb + b)]), part, acc[i]);
             }
         }
@@ -243,13 +252,16 @@ __attribute__((target("avx512f,avx512bw"))) inline void packed_matvec_int8_avx51
     for (; r < r1; ++r) {
         __m512 acc = _mm512_setzero_ps();
         for (Index b = 0; b < full_blocks; ++b) {
-            const __m512 part = block_partial(w.q.data() + r * cols + b * 32, _mm512_loadu_ps(x + b * 32),
+            const __m512 part = int8_block_partial(w.q.data() + r * cols + b * 32, _mm512_loadu_ps(x + b * 32),
                                               _mm512_loadu_ps(x + b * 32 + 16));
             acc = _mm512_fmadd_ps(_mm512_set1_ps(w.scales[static_cast<std::size_t>(r * nb + b)]), part, acc);
         }
         y[r] = _mm512_reduce_add_ps(acc) + tail(r);
     }
 }
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
 #endif
 
 // Set by tests to check the portable kernels on a CPU that has AVX-512.
