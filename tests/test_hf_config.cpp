@@ -4,13 +4,20 @@
 #include <doctest/doctest.h>
 
 #include <gemma3/configs.hpp>
+#include <gemma3/config_header.hpp>
 #include <gemma3/hf_config.hpp>
 
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <type_traits>
 #include <vector>
+
+// Written at configure time by gemma3_generate_config() (tests/CMakeLists.txt).
+#include "generated_from_hf.hpp"
+#include "generated_seed_legacy.hpp"
+#include "hf_mqa_untied.hpp"
 
 using namespace gemma3;
 using nlohmann::json;
@@ -242,4 +249,33 @@ TEST_CASE("finding 2: deeply nested JSON and oversized files are config errors, 
     std::filesystem::remove(huge);
     CHECK(std::string(e.what()) ==
           huge.string() + ": is larger than 16777216 bytes, too large for a Hugging Face config JSON file");
+}
+
+// --- gemma3_generate_config from Hugging Face's format (tests/CMakeLists.txt) --------------------
+
+
+TEST_CASE("gemma3_generate_config builds the same types from a config.json as from our model config") {
+    static_assert(std::is_same_v<fixtures::GeneratedFromHf::layer_types, fixtures::HF_mqa_untied::layer_types>);
+    static_assert(std::is_same_v<configs::GeneratedSeedLegacy::layer_types, configs::Gemma3_270M::layer_types>);
+    CHECK(config_name<fixtures::GeneratedFromHf>() == "gemma3::fixtures::GeneratedFromHf");
+    const auto from_hf = config_file_of<fixtures::GeneratedFromHf>();
+    const auto from_ours = config_file_of<fixtures::HF_mqa_untied>();
+    CHECK(with_source_and_format_of(from_hf, from_ours) == from_ours);
+    const auto legacy = config_file_of<configs::GeneratedSeedLegacy>();
+    const auto seed = config_file_of<configs::Gemma3_270M>();
+    CHECK(with_source_and_format_of(legacy, seed) == seed);
+    CHECK_NOTHROW(require_matches<fixtures::GeneratedFromHf>(load_hf_model_config(data_dir + "/hf/mqa_untied_config.json")));
+}
+
+TEST_CASE("the generated header spells every architecture field of the table") {
+    const std::string header = config_type_header(config_file_of<configs::Gemma3Tiny>(), "T", "a::b", "x.json");
+#define GEMMA3_TEST_SPELLED(type, name, ...) CHECK(contains(header, " " #name " = "));
+    GEMMA3_MODEL_ARCHITECTURE_FIELDS(GEMMA3_TEST_SPELLED)
+#undef GEMMA3_TEST_SPELLED
+    CHECK(contains(header, "    static constexpr double rms_norm_eps = 1e-06;\n"));
+    CHECK(contains(header, "    static constexpr int vocab_size = 512;\n"));
+    CHECK(contains(header, "namespace a::b {"));
+    CHECK_THROWS_AS(config_type_header(config_file_of<configs::Gemma3Tiny>(), "1T", "a", "x"), ConfigError);
+    CHECK_THROWS_AS(config_type_header(config_file_of<configs::Gemma3Tiny>(), "T", "a::", "x"), ConfigError);
+    CHECK_THROWS_AS(config_type_header(config_file_of<configs::Gemma3Tiny>(), "T", "a; int x", "x"), ConfigError);
 }
