@@ -279,3 +279,15 @@ TEST_CASE("the generated header spells every architecture field of the table") {
     CHECK_THROWS_AS(config_type_header(config_file_of<configs::Gemma3Tiny>(), "T", "a::", "x"), ConfigError);
     CHECK_THROWS_AS(config_type_header(config_file_of<configs::Gemma3Tiny>(), "T", "a; int x", "x"), ConfigError);
 }
+
+TEST_CASE("finding 10: an unknown key of our own format is quoted briefly and without raw bytes") {
+    json j = to_json(config_file_of<configs::Gemma3Tiny>());
+    j[std::string(1 << 20, 'k')] = 1;
+    j["bad\xff\x01key"] = 2;
+    const auto e = config_error_of([&] { (void)parse_model_config(j, "m.json"); });
+    check_clean(e);
+    REQUIRE(e.problems().size() == 2);
+    CHECK(e.problems()[0] == "m.json: field \"bad\\ufffd\\u0001key\": unknown field; the known fields are " +
+                                 detail::quoted_list(model_config_fields, " and "));
+    CHECK(e.problems()[1] == "m.json: field \"" + std::string(59, 'k') + "...\": unknown field");
+}

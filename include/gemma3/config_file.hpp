@@ -334,6 +334,7 @@ inline constexpr std::array<std::pair<std::string_view, std::string_view>, 14> f
 }};
 
 inline std::string unknown_field_advice(std::string_view name, std::span<const std::string_view> known) {
+    if (name.size() > 64) return "unknown field";  // no field is that long; spare the edit distances
     for (const auto& [alias, ours] : field_aliases) {
         if (alias == name && std::find(known.begin(), known.end(), ours) != known.end()) {
             return "unknown field; this format calls it " + quoted(ours);
@@ -366,12 +367,19 @@ public:
                 const FieldNames* names = nullptr)
         : object_(object), source_(source), problems_(problems), names_(names) {}
 
-    // The field as the document calls it.
+    // The field as the document calls it. An unknown key is the file's text: it is quoted as a
+    // short ASCII prefix, like a bad value.
     std::string name(std::string_view field) const {
         if (names_ != nullptr) {
             if (const auto it = names_->find(field); it != names_->end()) return it->second;
         }
-        return std::string(field);
+        const bool plain = field.size() <= json_read::max_quoted_chars &&
+                           std::all_of(field.begin(), field.end(), [](char c) { return c >= 0x20 && c < 0x7f && c != '"'; });
+        if (plain) return std::string(field);
+        std::string text = json_read::excerpt(json(std::string(field.substr(0, json_read::max_quoted_chars + 1))));
+        text.erase(0, 1);  // the quotes of the JSON string
+        if (text.ends_with('"')) text.pop_back();
+        return text;
     }
 
     void problem(std::string_view field, const std::string& text) {
