@@ -64,7 +64,8 @@ struct TrainerState {
 };
 
 // The model config of a checkpoint directory: gemma3_config.json when present (written by
-// gemma3-train), else Hugging Face's config.json.
+// gemma3-train), else Hugging Face's config.json. Throws ConfigError for a bad config file (naming
+// the file and every problem), CheckpointError when the directory has neither.
 inline ModelConfigFile checkpoint_model_config(const std::filesystem::path& dir);
 
 namespace detail {
@@ -234,8 +235,12 @@ template <ModelConfig C, class T>
 TrainerState load_checkpoint(const std::filesystem::path& dir, Parameters<C, T>& params, AdamW<T>& adamw,
                              Parameters<C, T>& grads) {
     if (!std::filesystem::is_directory(dir)) throw CheckpointError(dir.string() + ": no such checkpoint directory");
-    const auto saved_config = parse_model_config(detail::read_json(dir / "gemma3_config.json"),
-                                                 (dir / "gemma3_config.json").string());
+    ModelConfigFile saved_config;
+    try {
+        saved_config = load_model_config(dir / "gemma3_config.json");  // size and depth limits, every value checked
+    } catch (const ConfigError& e) {
+        throw CheckpointError(dir.string() + ": cannot read the checkpoint's model config:\n" + e.what());
+    }
     try {
         require_matches<C>(saved_config);
     } catch (const ConfigError& e) {
