@@ -138,8 +138,8 @@ inline constexpr double unbounded = std::numeric_limits<double>::infinity();
 inline constexpr Range positive{0, false, unbounded, false, "a positive number", "a positive integer"};
 inline constexpr Range above_one{1, false, unbounded, false, "a number greater than 1", "an integer greater than 1"};
 inline constexpr Range non_negative{0, true, unbounded, false, "a number >= 0", "an integer >= 0"};
-inline constexpr Range fraction{0, true, 1, false, "a number in [0, 1)", "0"};
-inline constexpr Range start_factor{0, false, 1, true, "a number in (0, 1]", "1"};
+inline constexpr Range fraction{0, true, 1, false, "a number in [0, 1)", "the integer 0"};
+inline constexpr Range start_factor{0, false, 1, true, "a number in (0, 1]", "the integer 1"};
 struct Any {};  // any value of the field's type (booleans)
 inline constexpr Any any{};
 struct OneOf {
