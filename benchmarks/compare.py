@@ -9,8 +9,9 @@ Measures, each in its own process (so peak memory is per measurement):
   - training steps (forward + backward + AdamW) and forward passes of the same model, batch and
     thread count: gemma3 (build/bin/gemma3-bench), the current PyPI torch (.venv), and Debian's torch
     1.13 (/usr/bin/python3, package python3-torch) when installed;
-  - decoding one sequence after a --seq-token prompt: gemma3's KV cache against transformers'
-    generate with its cache.
+  - decoding one sequence after a --seq-token prompt: gemma3's KV cache with its weight matrices in
+    fp32, bf16 and blockwise int8 (gemma3-bench --weights), against transformers' generate with its
+    cache; a decode row's roofline is the copy bandwidth over the weight bytes it reads per token.
 PyTorch gets the tuning machine-notes recommends: torch.set_num_threads(2), OMP_WAIT_POLICY=PASSIVE.
 Prints a table: tokens/s, GFLOP/s, fraction of the roofline, ratio to the best PyTorch, peak RSS.
 """
@@ -81,8 +82,12 @@ def main():
     if limits is None:
         sys.exit(f"gemma3-bench --mode limits failed: {err}")
     results = {}
-    for mode in ["train", "forward", "decode"]:
+    for mode in ["train", "forward"]:
         results[(mode, "gemma3")] = run([a.bench, "--mode", mode] + common, ours_env)
+    # Decoding with the weight matrices in fp32, bf16 and blockwise int8 (activations fp32 throughout).
+    for weights in ["f32", "bf16", "int8"]:
+        results[("decode", f"gemma3 {weights} weights")] = run(
+            [a.bench, "--mode", "decode", "--weights", weights] + common, ours_env)
     for name, py in pythons:
         for mode in ["train", "forward"]:
             results[(mode, name)] = run([py, script, "--mode", mode] + common, torch_env)
@@ -96,17 +101,19 @@ def main():
     print(f"{'':9}{'':24}{'tokens/s':>10}{'GFLOP/s':>9}{'roofline':>10}{'vs PyTorch':>12}{'peak RSS':>11}")
     for mode in ["train", "forward", "decode"]:
         rows = [(k[1], v) for k, v in results.items() if k[0] == mode]
-        best = max((r[0]["tokens_per_s"] for n, r in rows if n != "gemma3" and r[0]), default=None)
+        best = max((r[0]["tokens_per_s"] for n, r in rows if not n.startswith("gemma3") and r[0]), default=None)
         for name, (row, err) in rows:
             if row is None:
                 print(f"{mode:9}{name:24}  failed: {err}")
                 continue
             tps = row["tokens_per_s"]
             gf = tps * (fpt if mode == "train" else fpt / 3) / 1e9 if mode != "decode" else float("nan")
-            ratio = f"{tps / best:.2f}x" if (best and name == "gemma3") else ""
+            ratio = f"{tps / best:.2f}x" if (best and name.startswith("gemma3")) else ""
+            # A decode row's roofline: copy bandwidth over the weight bytes it reads per token.
+            roofline = limits["copy_gbps"] * 1e9 / row["weight_bytes_per_token"] if "weight_bytes_per_token" in row else roof[mode]
             rss = f"{row['peak_rss_mib']:.0f} MiB"
             gf_text = f"{gf:9.1f}" if mode != "decode" else f"{'':>9}"
-            print(f"{mode:9}{name:24}{tps:10.1f}{gf_text}{tps / roof[mode]:9.0%} {ratio:>11}{rss:>11}")
+            print(f"{mode:9}{name:24}{tps:10.1f}{gf_text}{tps / roofline:9.0%} {ratio:>11}{rss:>11}")
     return 0
 
 

@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <ctime>
 #include <fstream>
 #include <functional>
 #include <iostream>
@@ -38,6 +39,7 @@ using Clock = std::chrono::steady_clock;
 
 struct Settings {
     std::int64_t batch = 4, seq = 128, decode_tokens = 64;
+    gemma3::WeightFormat weights = gemma3::WeightFormat::f32;  // decode: how the weight matrices are stored
     int warmup = 1, repeats = 5;
 };
 
@@ -67,6 +69,14 @@ void report(nlohmann::json j) {
     j["peak_rss_mib"] = peak_rss_mib();
     j["threads"] = omp_get_max_threads();
     std::cout << j.dump() << std::endl;
+}
+
+// CPU time of the whole process: on a shared machine, a one-thread run's rate per CPU second is
+// what it would reach with the core to itself (memory bandwidth aside).
+double process_cpu_seconds() {
+    timespec t{};
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
 }
 
 std::vector<std::int32_t> random_tokens(std::int64_t n, int vocab, unsigned seed) {
@@ -166,13 +176,20 @@ template <class C>
 void decode(const Settings& s) {
     auto model = std::make_unique<gemma3::Model<C, gemma3::Cpu<float>>>();
     model->init(gemma3::InitScheme::hf, 0.02, 1);
+    std::unique_ptr<gemma3::PackedWeights<C>> packed;
+    if (s.weights != gemma3::WeightFormat::f32) {
+        packed = std::make_unique<gemma3::PackedWeights<C>>(std::as_const(model->parameters).weights(), s.weights);
+        model.reset();  // decoding reads only the packed copy
+    }
     const auto prompt = random_tokens(s.seq, C::vocab_size, 5);
-    double per_token = 0;
+    double per_token = 0, cpu_per_token = 0;
     median_seconds(s.warmup, s.repeats, [&] {
-        gemma3::Generator<C, float> generator(*model, s.seq + s.decode_tokens + 1);
+        auto generator = packed ? gemma3::Generator<C, float>(*packed, s.seq + s.decode_tokens + 1)
+                                : gemma3::Generator<C, float>(*model, s.seq + s.decode_tokens + 1);
         generator.append(prompt);
         std::int32_t next = 1;
         const auto start = Clock::now();
+        const double cpu_start = process_cpu_seconds();
         for (std::int64_t i = 0; i < s.decode_tokens; ++i) {
             const auto logits = generator.append(std::span<const std::int32_t>(&next, 1));
             gemma3::Index arg = 0;
@@ -180,13 +197,26 @@ void decode(const Settings& s) {
             next = static_cast<std::int32_t>(arg);
         }
         per_token = std::chrono::duration<double>(Clock::now() - start).count() / static_cast<double>(s.decode_tokens);
+        cpu_per_token = (process_cpu_seconds() - cpu_start) / static_cast<double>(s.decode_tokens);
     });
     // Bytes a decode step must read: every weight matrix once (the embedding only one row).
     const auto counts = gemma3::count_parameters(gemma3::config_file_of<C>());
-    const double bytes = 4.0 * static_cast<double>(counts.total - counts.embedding + (C::tie_word_embeddings ? counts.embedding : 0));
-    std::cerr << "decode: " << 1 / per_token << " tokens/s after a " << s.seq << "-token prompt (" << bytes / 1e6
-              << " MB of weights per token)\n";
-    report({{"mode", "decode"}, {"tokens_per_s", 1 / per_token}, {"weight_bytes_per_token", bytes}, {"prompt", s.seq}});
+    const double bytes =
+        packed ? static_cast<double>(packed->bytes_per_token())
+               : 4.0 * static_cast<double>(counts.total - counts.embedding + (C::tie_word_embeddings ? counts.embedding : 0));
+    const char* format = gemma3::weight_format_name(s.weights);
+    const char* kernels = s.weights == gemma3::WeightFormat::f32 ? "gemm"
+                          : gemma3::packed_kernels_use_avx512() ? "avx512" : "scalar";
+    std::cerr << "decode (" << format << " weights, " << kernels << "): " << 1 / per_token << " tokens/s after a " << s.seq
+              << "-token prompt (" << bytes / 1e6 << " MB of weights per token, " << bytes / per_token / 1e9
+              << " GB/s); per CPU second " << 1 / cpu_per_token << "\n";
+    report({{"mode", "decode"},
+            {"weights", format},
+            {"kernels", kernels},
+            {"tokens_per_s", 1 / per_token},
+            {"tokens_per_cpu_s", 1 / cpu_per_token},  // with one thread: the rate when the core is not shared
+            {"weight_bytes_per_token", bytes},
+            {"prompt", s.seq}});
 }
 
 template <class C>
@@ -211,9 +241,14 @@ int main(int argc, char** argv) {
     app.add_option("--batch", s.batch)->capture_default_str()->check(CLI::PositiveNumber);
     app.add_option("--seq", s.seq)->capture_default_str()->check(CLI::PositiveNumber);
     app.add_option("--decode-tokens", s.decode_tokens)->capture_default_str()->check(CLI::PositiveNumber);
+    std::string weights = "f32";
+    app.add_option("--weights", weights, "decode: weight format f32 | bf16 | int8")
+        ->check(CLI::IsMember({"f32", "bf16", "int8"}))
+        ->capture_default_str();
     app.add_option("--warmup", s.warmup)->capture_default_str();
     app.add_option("--repeats", s.repeats)->capture_default_str()->check(CLI::PositiveNumber);
     CLI11_PARSE(app, argc, argv);
+    s.weights = gemma3::parse_weight_format(weights);
     if (config == "seed") return run<gemma3::configs::Gemma3_270M>(mode, s);
     if (config == "tiny") return run<gemma3::configs::Gemma3Tiny>(mode, s);
     return run<gemma3::configs::Trainer_demo_model_config>(mode, s);

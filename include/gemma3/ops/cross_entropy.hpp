@@ -8,6 +8,7 @@
 
 #include "../blas.hpp"
 #include "../tensor.hpp"
+#include "embedding.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -35,12 +36,7 @@ ClassifierResult classifier_forward_backward(ConstMatrixView<T> h, ConstMatrixVi
         throw std::invalid_argument("classifier: " + std::to_string(targets.size()) + " targets for " +
                                     std::to_string(n) + " rows");
     }
-    for (std::size_t i = 0; i < targets.size(); ++i) {
-        if (targets[i] < 0 || targets[i] >= vocab) {
-            throw std::out_of_range("target id " + std::to_string(targets[i]) + " at position " + std::to_string(i) +
-                                    " is outside the vocabulary [0, " + std::to_string(vocab) + ")");
-        }
-    }
+    check_token_ids(targets, vocab, "target id");
     chunk_rows = std::min(chunk_rows, n);
     logits_chunk.resize(static_cast<std::size_t>(chunk_rows * vocab));
     std::vector<double> row_loss(static_cast<std::size_t>(chunk_rows));
