@@ -37,6 +37,8 @@ template <class C>
 void train(const gemma3::ModelConfigFile& model, const gemma3::TrainingConfig& training, const gemma3::TrainOptions& options) {
     if (training.dtype == "float64") {
         gemma3::Trainer<C, double>(model, training, options).run();
+    } else if (training.dtype == "bfloat16") {  // mixed precision: bf16 products, fp32 master weights
+        gemma3::Trainer<C, float, gemma3::CpuEngine<C, gemma3::bf16>>(model, training, options).run();
     } else {
         gemma3::Trainer<C, float>(model, training, options).run();
     }
