@@ -202,7 +202,7 @@ public:
         require_matches<C>(model_config_);
         check_compatible(model_config_, config_);
         if (plan_.zero1 && !Engine::supports_zero1) {
-            throw TrainingError("--zero1 is implemented for the CPU back end only; run without it");
+            throw TrainingError("--zero1 is implemented for the CPU back end in float32 and float64 only; run without it");
         }
     }
     Trainer(const Trainer&) = delete;  // holds a pointer to its own single-process communicator
