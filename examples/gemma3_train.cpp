@@ -45,6 +45,9 @@ template <class C>
 gemma3::TrainSummary train(const gemma3::ModelConfigFile& model, const gemma3::TrainingConfig& training,
                            const gemma3::TrainOptions& options) {
     if (training.dtype == "float64") return gemma3::Trainer<C, double>(model, training, options).run();
+    if (training.dtype == "bfloat16") {  // mixed precision: bf16 products, fp32 master weights
+        return gemma3::Trainer<C, float, gemma3::CpuEngine<C, gemma3::bf16>>(model, training, options).run();
+    }
     return gemma3::Trainer<C, float>(model, training, options).run();
 }
 
