@@ -604,4 +604,30 @@ TEST_CASE("gemma3-prepare: summary, up-to-date message, --no-eot-between-documen
     CHECK(code == 1);
     CHECK(text.find("--val-fraction must be between 0 and 1") != std::string::npos);
 }
+
+TEST_CASE("gemma3-prepare past a file-size limit: a clear error, the previous outputs intact") {
+    ScratchDir scratch;
+    scratch.write("in/a.txt", varied_text(41, 2000));
+    const fs::path out = scratch.path / "out", log = scratch.path / "log.txt";
+    const std::string arguments = (scratch.path / "in").string() + " --out-dir " + out.string() + " --chunk-tokens 500" +
+                                  " --tokenizer " + tokenizer_path().string() + " > " + log.string() + " 2>&1";
+    REQUIRE(std::system(("exec " GEMMA3_PREPARE_EXE " " + arguments).c_str()) == 0);
+    const std::string train = read_bytes(out / "train.bin"), validation = read_bytes(out / "validation.bin");
+    REQUIRE(train.size() < 16384);
+    // Much more text, and a limit of 32 blocks (16 KiB in dash's 512-byte blocks, 32 KiB in
+    // bash's): the new train.bin cannot be written.
+    scratch.write("in/a.txt", varied_text(42, 200000));
+    const int status = std::system(("ulimit -f 32; exec " GEMMA3_PREPARE_EXE " " + arguments).c_str());
+    const std::string text = read_bytes(log);
+    INFO(text);
+    REQUIRE(WIFEXITED(status));  // not killed by SIGXFSZ
+    CHECK(WEXITSTATUS(status) == 1);
+    CHECK(text.find("File too large") != std::string::npos);
+    CHECK(text.find("train") != std::string::npos);
+    CHECK(read_bytes(out / "train.bin") == train);
+    CHECK(read_bytes(out / "validation.bin") == validation);
+    for (const auto& entry : fs::directory_iterator(out)) {  // no temporary file left behind
+        CHECK_MESSAGE(entry.path().filename().string().find(".tmp.") == std::string::npos, entry.path());
+    }
+}
 #endif

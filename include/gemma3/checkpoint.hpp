@@ -18,6 +18,7 @@
 #pragma once
 
 #include "config_file.hpp"
+#include "data.hpp"
 #include "file_io.hpp"
 #include "optimizer.hpp"
 #include "parameters.hpp"
@@ -380,12 +381,27 @@ TrainerState load_checkpoint(const std::filesystem::path& dir, Parameters<C, T>&
         throw CheckpointError((dir / "trainer_state.json").string() + ": data_parallel.ranks is " +
                               std::to_string(state.ranks) + ", expected at least 1");
     }
+    // The sampler states are restored after this function returns; a bad one must fail here,
+    // before anything of the caller's has changed.
+    const auto check_sampler = [&](const std::string& field, const std::string& text) {
+        if (!BatchSampler::is_valid_state(text)) {
+            throw CheckpointError((dir / "trainer_state.json").string() + ": " + field +
+                                  " is not a batch sampler state (" + std::to_string(text.size()) + " bytes)");
+        }
+    };
+    check_sampler("train_sampler", state.train_sampler);
+    check_sampler("eval_train_sampler", state.eval_train_sampler);
+    check_sampler("eval_val_sampler", state.eval_val_sampler);
+    for (std::size_t r = 0; r < state.rank_train_samplers.size(); ++r) {
+        check_sampler("data_parallel.rank_train_samplers[" + std::to_string(r) + "]", state.rank_train_samplers[r]);
+    }
 
     // Read everything into temporaries first, so a bad file leaves params and adamw untouched.
     Parameters<C, T> new_params, new_grads;
     AdamW<T> new_adamw(params.size(), adamw.settings());
     try {
-        load_weights(dir / "model.safetensors", new_params);
+        // new_params is a scratch copy already: read into it directly.
+        detail::read_weights<C>(dir / "model.safetensors", std::span<T>(new_params.data(), new_params.size()));
         const SafetensorsFile moments(dir / "optimizer.safetensors");
         for (const auto& t : parameter_tensors<C>()) {
             moments.read<T>("exp_avg." + t.name, t.shape,

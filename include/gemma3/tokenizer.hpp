@@ -431,7 +431,7 @@ public:
         nlohmann::json vocab;
         try {
             vocab = nlohmann::json::parse(vocab_text);
-        } catch (const nlohmann::json::parse_error& e) {
+        } catch (const nlohmann::json::exception& e) {  // parse errors, and out_of_range for 1e999
             throw TokenizerError(vocab_json.string() + ": invalid JSON: " + e.what());
         }
         if (!vocab.is_object()) throw TokenizerError(vocab_json.string() + ": expected a JSON object of token -> id");

@@ -46,15 +46,19 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <limits>
 #include <memory>
+#include <optional>
 #include <span>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace gemma3 {
@@ -130,6 +134,48 @@ inline std::string exact(double v) {
 // engine trains in T on the host. The CUDA engine (cuda/trainer_engine.cuh) trains on the device
 // and treats these host buffers as mirrors: it copies its state into them for checkpoints and error
 // reports (sync_to_host) and takes them back after the loop set them (host_state_changed).
+// One line of <out>/metrics.jsonl as the trainer reads it back on resume.
+struct MetricsRecord {
+    bool eval = false;       // "type": "eval" (train_loss, val_loss) or "train" (loss)
+    std::int64_t iter = -1;
+    double loss = NAN, train_loss = NAN, val_loss = NAN;  // null (a non-finite loss) reads as NaN
+};
+
+// The record on `line`, or nullopt for a line the trainer did not write: cut short by a kill,
+// edited, or not a record at all. Never throws for any line.
+inline std::optional<MetricsRecord> parse_metrics_line(std::string_view line) {
+    nlohmann::json r;
+    try {
+        r = nlohmann::json::parse(line);
+    } catch (const nlohmann::json::exception&) {
+        return std::nullopt;
+    }
+    if (!r.is_object()) return std::nullopt;
+    const auto iter = r.find("iter");
+    const auto type = r.find("type");
+    if (iter == r.end() || type == r.end() || !type->is_string()) return std::nullopt;
+    MetricsRecord record;
+    if (iter->is_number_integer() && !iter->is_number_unsigned()) record.iter = iter->get<std::int64_t>();
+    else if (iter->is_number_unsigned() && iter->get<std::uint64_t>() <= static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) record.iter = iter->get<std::int64_t>();
+    else return std::nullopt;  // a float, a string, or out of int64's range
+    if (record.iter < 0) return std::nullopt;
+    const auto loss = [&](const char* key) {
+        const auto found = r.find(key);
+        return found != r.end() && found->is_number() ? found->get<double>() : NAN;
+    };
+    const auto& kind = type->get_ref<const std::string&>();
+    if (kind == "eval") {
+        record.eval = true;
+        record.train_loss = loss("train_loss");
+        record.val_loss = loss("val_loss");
+    } else if (kind == "train") {
+        record.loss = loss("loss");
+    } else {
+        return std::nullopt;
+    }
+    return record;
+}
+
 template <ModelConfig C, class T>
 class CpuEngine {
 public:
@@ -623,21 +669,15 @@ private:
         std::ifstream in(metrics_path());
         std::string kept, line;
         while (std::getline(in, line)) {
-            nlohmann::json r;
-            try {
-                r = nlohmann::json::parse(line);
-            } catch (const nlohmann::json::exception&) {
-                continue;  // a line cut short by a kill
-            }
-            const auto e = r.value("iter", std::int64_t{-1});
-            const bool eval = r.value("type", "") == "eval";
-            if (eval ? e > iteration : e >= iteration) continue;
+            const auto r = parse_metrics_line(line);
+            if (!r) continue;  // a line cut short by a kill, or not the trainer's
+            if (r->eval ? r->iter > iteration : r->iter >= iteration) continue;
             kept += line + "\n";
-            if (eval) {
-                curves_.eval_train.push_back({e, r.value("train_loss", NAN)});
-                curves_.eval_val.push_back({e, r.value("val_loss", NAN)});
+            if (r->eval) {
+                curves_.eval_train.push_back({r->iter, r->train_loss});
+                curves_.eval_val.push_back({r->iter, r->val_loss});
             } else {
-                curves_.train.push_back({e, r.value("loss", NAN)});
+                curves_.train.push_back({r->iter, r->loss});
             }
         }
         write_file_atomically(metrics_path(), [&](std::ostream& out) { out << kept; });
