@@ -172,6 +172,61 @@ TEST_CASE("a load_weights that fails on a value leaves the model unchanged") {
     CHECK(params.data()[tensors.back().offset + 5] == 0.5f);
 }
 
+TEST_CASE("trainer state numbers must be whole and in range; the error names file, field and value") {
+    Parameters<Tiny, float> params, grads;
+    AdamW<float> adamw(params.size(), {});
+    init_parameters(params, InitScheme::hf, 0.02, 99);
+    const Parameters<Tiny, float> before = params;
+    const auto s = save_one("state_numbers");
+    const auto state_path = s.dir / "trainer_state.json";
+    const auto good = nlohmann::json::parse(std::ifstream(state_path));
+    // Issue 13, finding 4: get<int64_t>() of 1e300 was undefined behaviour, 7.9 became 7 and
+    // 4294967297 ranks became 1 (get<int>()).
+    struct Case {
+        const char* pointer;
+        nlohmann::json value;
+        const char* message;
+    };
+    const Case cases[] = {
+        {"/iteration", 1e300, "field \"iteration\": value 1e+300 is out of range; expected an integer >= 0"},
+        {"/iteration", 7.9, "field \"iteration\": value 7.9 is not a whole number"},
+        {"/iteration", "7", "field \"iteration\": value \"7\" is a string"},
+        {"/iteration", -1, "field \"iteration\": value -1 is out of range"},
+        {"/optimizer_steps", 1e300, "field \"optimizer_steps\": value 1e+300 is out of range"},
+        {"/last_eval_iteration", 1e300, "field \"last_eval_iteration\": value 1e+300 is out of range"},
+        {"/last_eval_iteration", -2, "field \"last_eval_iteration\": value -2 is out of range; expected an integer >= -1"},
+        {"/data_parallel", {{"ranks", 4294967297LL}, {"batch_sampling", ""}, {"rank_train_samplers", nlohmann::json::array()}},
+         "field \"data_parallel.ranks\": value 4294967297 is out of range; expected a positive integer"},
+        {"/data_parallel", {{"ranks", 1e10}, {"batch_sampling", ""}, {"rank_train_samplers", nlohmann::json::array()}},
+         "field \"data_parallel.ranks\": value 10000000000.0 is out of range"},
+        {"/data_parallel", {{"ranks", 2}, {"batch_sampling", ""}, {"rank_train_samplers", {5}}},
+         "field \"data_parallel.rank_train_samplers\": element 0 is a number; expected a string"},
+        {"/best_val_loss", "low", "field \"best_val_loss\": value \"low\" is a string; expected a finite number"},
+        {"/pending_gradients", 1, "field \"pending_gradients\": value 1 is a number; expected true or false"},
+    };
+    for (const Case& c : cases) {
+        CAPTURE(c.message);
+        auto broken = good;
+        broken[nlohmann::json::json_pointer(c.pointer)] = c.value;
+        std::ofstream(state_path) << broken.dump();
+        CHECK_THROWS_WITH_AS(load_checkpoint(s.dir, params, adamw, grads),
+                             doctest::Contains((state_path.string() + ": " + c.message).c_str()), CheckpointError);
+    }
+    // The reproducers of the issue, as whole files.
+    const fs::path reproducers = fs::path(GEMMA3_SOURCE_DIR) / "tests/fuzz/corpus/checkpoint";
+    for (const char* name : {"checkpoint_state_iteration_1e300_ub.json", "checkpoint_state_iteration_string_unclear_message.json",
+                             "checkpoint_state_lossy_iteration_7.9_ranks_2pow32p1.json", "checkpoint_state_ranks_1e10_ub.json"}) {
+        CAPTURE(name);
+        fs::copy_file(reproducers / name, state_path, fs::copy_options::overwrite_existing);
+        CHECK_THROWS_WITH_AS(load_checkpoint(s.dir, params, adamw, grads), doctest::Contains("trainer_state.json: field"),
+                             CheckpointError);
+    }
+    std::ofstream(state_path) << std::string(100000, '[') + std::string(100000, ']');
+    CHECK_THROWS_WITH_AS(load_checkpoint(s.dir, params, adamw, grads), doctest::Contains("nested deeper than"),
+                         CheckpointError);
+    CHECK(std::memcmp(params.data(), before.data(), params.size() * sizeof(float)) == 0);
+}
+
 TEST_CASE("a checkpoint whose sampler states are malformed is refused before the model changes") {
     Parameters<Tiny, float> params, grads;
     AdamW<float> adamw(params.size(), {});

@@ -23,6 +23,7 @@
 #include <functional>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 namespace fs = std::filesystem;
@@ -382,7 +383,8 @@ TEST_CASE("the validation share is the requested fraction, within one chunk") {
     const auto reference = reference_stream({read_bytes(text)}, false);
     for (const double f : {0.05, 0.1, 0.25, 0.5}) {
         CAPTURE(f);
-        auto options = options_for({text}, scratch.path / ("f" + std::to_string(f)));
+        // append, not "f" + ...: GCC 12 reports a false -Wrestrict for that once inlined (PR 105329).
+        auto options = options_for({text}, scratch.path / std::string("f").append(std::to_string(f)));
         options.val_fraction = f;
         options.chunk_tokens = 300;
         const PrepareResult result = gemma3::prepare_corpus(options);
@@ -391,6 +393,32 @@ TEST_CASE("the validation share is the requested fraction, within one chunk") {
         if (f == 0.25) CHECK(reassemble(options.out_dir, 300, [](std::size_t i) { return i % 4 == 1; }) == reference);
         if (f == 0.5) CHECK(reassemble(options.out_dir, 300, [](std::size_t i) { return i % 2 == 0; }) == reference);
     }
+}
+
+TEST_CASE("a manifest with out-of-range or mistyped counts counts as missing: the corpus is prepared again") {
+    ScratchDir scratch;
+    scratch.write("corpus/text.txt", varied_text(19, 3000));
+    auto options = options_for({scratch.path / "corpus"}, scratch.path / "out");
+    options.chunk_tokens = 256;
+    REQUIRE_FALSE(gemma3::prepare_corpus(options).up_to_date);
+    const fs::path manifest = scratch.path / "out" / "prepare.json";
+    const auto good = nlohmann::json::parse(read_bytes(manifest));
+    // 1e300 read with get<std::uint64_t>() was undefined behaviour, reported as "up to date".
+    for (const auto& [section, key, value] : {std::tuple<const char*, const char*, nlohmann::json>{"summary", "train_tokens", 1e300},
+                                             {"summary", "eot_tokens", -1},
+                                             {"summary", "input_bytes", "12"},
+                                             {"summary", "train_tokens", 7.5}}) {
+        CAPTURE(key);
+        auto bad = good;
+        bad[section][key] = value;
+        std::ofstream(manifest) << bad.dump();
+        PrepareResult result;
+        CHECK_NOTHROW(result = gemma3::prepare_corpus(options));
+        CHECK_FALSE(result.up_to_date);
+        CHECK(gemma3::prepare_corpus(options).up_to_date);  // the rewritten manifest is good again
+    }
+    std::ofstream(manifest) << std::string(100000, '[') + std::string(100000, ']');
+    CHECK_FALSE(gemma3::prepare_corpus(options).up_to_date);
 }
 
 TEST_CASE("re-running is a no-op until inputs, options, tokenizer or outputs change; force always prepares") {

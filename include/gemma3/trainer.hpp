@@ -37,6 +37,7 @@
 #include "data.hpp"
 #include "distributed.hpp"
 #include "footprint.hpp"
+#include "json_read.hpp"
 #include "loss_plot.hpp"
 #include "model.hpp"
 #include "optimizer.hpp"
@@ -146,19 +147,19 @@ struct MetricsRecord {
 inline std::optional<MetricsRecord> parse_metrics_line(std::string_view line) {
     nlohmann::json r;
     try {
-        r = nlohmann::json::parse(line);
-    } catch (const nlohmann::json::exception&) {
+        r = json_read::parse<TrainingError>(line, "metrics.jsonl");
+    } catch (const TrainingError&) {
         return std::nullopt;
     }
     if (!r.is_object()) return std::nullopt;
     const auto iter = r.find("iter");
     const auto type = r.find("type");
     if (iter == r.end() || type == r.end() || !type->is_string()) return std::nullopt;
+    std::string why;
+    const auto e = json_read::to_integer<std::int64_t>(*iter, 0, std::numeric_limits<std::int64_t>::max(), why);
+    if (!e) return std::nullopt;  // a string, a fraction, negative or out of range
     MetricsRecord record;
-    if (iter->is_number_integer() && !iter->is_number_unsigned()) record.iter = iter->get<std::int64_t>();
-    else if (iter->is_number_unsigned() && iter->get<std::uint64_t>() <= static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) record.iter = iter->get<std::int64_t>();
-    else return std::nullopt;  // a float, a string, or out of int64's range
-    if (record.iter < 0) return std::nullopt;
+    record.iter = *e;
     const auto loss = [&](const char* key) {
         const auto found = r.find(key);
         return found != r.end() && found->is_number() ? found->get<double>() : NAN;
