@@ -126,13 +126,13 @@ TEST_CASE("parsing refuses documents nested deeper than the limit, however deep"
     const json_read::Limits limits{};
     CHECK_NOTHROW(json_read::parse<OneMessageError>(nested_arrays(64), "doc.json"));
     CHECK(message_of<OneMessageError>([] { json_read::parse<OneMessageError>(nested_arrays(65), "doc.json"); }) ==
-          "doc.json: not valid here: JSON nested deeper than 64 levels");
+          "doc.json: is nested deeper than 64 levels, too deep for this JSON file");
     CHECK(limits.max_depth == 64);
 
     // The fuzzers' stack overflow: 200,000 levels (400 KB) inside a field.
     const std::string hostile = "{\"vocab_size\":" + nested_arrays(200000) + "}";
     CHECK(contains(message_of<OneMessageError>([&] { json_read::parse<OneMessageError>(hostile, "deep.json"); }),
-                   "nested deeper than 64 levels"));
+                   "is nested deeper than 64 levels"));
     const std::string objects = [] {
         std::string text;
         for (int i = 0; i < 100000; ++i) text += "{\"a\":";

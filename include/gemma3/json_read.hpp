@@ -208,8 +208,8 @@ json parse(std::string_view text, std::string_view source, const Limits& limits 
     try {
         return json::parse(text.begin(), text.end(), check);
     } catch (const TooDeep&) {
-        detail::fail<Error>(std::string(source) + ": not valid here: JSON nested deeper than " +
-                            std::to_string(limits.max_depth) + " levels");
+        detail::fail<Error>(std::string(source) + ": is nested deeper than " + std::to_string(limits.max_depth) +
+                            " levels, too deep for this JSON file");
     } catch (const json::exception& e) {
         detail::fail<Error>(std::string(source) + ": not valid JSON: " + clean_message(e.what()));
     }
