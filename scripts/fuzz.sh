@@ -6,6 +6,7 @@
 #   scripts/fuzz.sh NAME [SECONDS] [libFuzzer options...]   one harness, SECONDS of fuzzing (60)
 #   scripts/fuzz.sh all [SECONDS]                            every harness in turn, SECONDS each
 #   scripts/fuzz.sh list                                     the harness names
+#   scripts/fuzz.sh build                                    only build every harness
 #
 # The search corpus grows in build/fuzz/corpus/NAME and is kept between runs; every run also
 # starts from the committed seeds (tests/fuzz/corpus/NAME) and the harness's generated seeds. An
@@ -17,7 +18,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 harnesses=(safetensors config tokenizer tokenizer_files token_file checkpoint)
 out=${GEMMA3_FUZZ_DIR:-$root/build/fuzz}
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 2; }
 [ $# -ge 1 ] || usage
 name=$1
 seconds=${2:-60}
@@ -51,26 +52,30 @@ build() {
 
 run() {
   local harness=$1
+  shift
+  shift
   local corpus=$out/corpus/$harness generated=$out/generated/$harness
   mkdir -p "$corpus" "$generated"
   echo "== fuzz_$harness: $seconds s"
   # -max_len: the generated seeds of a megabyte (config) would otherwise make every mutation that
   # large; they run whole in ctest (fuzz_corpus.*).
-  local log=$out/log-$harness.txt status=0
+  local log=$out/log-$harness.txt status=0 max_len=16384
+  # Each input is encoded several times over: shorter texts give many more executions.
+  [ "$harness" != tokenizer ] || max_len=4096
   ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1} UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1} \
   GEMMA3_FUZZ_SEED_DIR=$generated OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \
-    "$out/bin/fuzz_$harness" -max_total_time="$seconds" -timeout=30 -rss_limit_mb=2048 -max_len=16384 \
+    "$out/bin/fuzz_$harness" -max_total_time="$seconds" -timeout=30 -rss_limit_mb=2048 -max_len="$max_len" \
       -dict="$root/tests/fuzz/$harness.dict" -artifact_prefix="$out/crash-$harness-" -print_final_stats=1 \
       "$@" "$corpus" "$generated" "$root/tests/fuzz/corpus/$harness" > "$log" 2>&1 || status=$?
   if [ "$status" -eq 0 ]; then
-    grep -E '^(#[0-9]+ +(INITED|DONE)|Done [0-9]+ runs|stat::(number_of_executed_units|peak_rss_mb))' "$log" || true
+    grep -E '^(#[0-9]+[[:space:]]+(INITED|DONE)|Done [0-9]+ runs|stat::(number_of_executed_units|peak_rss_mb))' "$log" || true
   else
     tail -n 60 "$log"  # the report: sanitizer or harness message, stack, saved input
   fi
   return "$status"
 }
 
-if [ "$name" = all ]; then
+if [ "$name" = all ] || [ "$name" = build ]; then
   selected=("${harnesses[@]}")
 else
   [[ " ${harnesses[*]} " == *" $name "* ]] || { echo "fuzz.sh: no harness '$name' (one of: ${harnesses[*]})" >&2; exit 2; }
@@ -80,6 +85,7 @@ fi
 pids=()
 for harness in "${selected[@]}"; do build "$harness" & pids+=($!); done
 for pid in "${pids[@]}"; do wait "$pid"; done
+[ "$name" != build ] || exit 0
 status=0
 for harness in "${selected[@]}"; do
   run "$harness" "$@" || { status=$?; echo "fuzz.sh: fuzz_$harness found a problem (see above; input saved under $out/crash-$harness-*)" >&2; }
