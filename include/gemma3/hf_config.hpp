@@ -167,8 +167,9 @@ inline nlohmann::json hf_config_json(const ModelConfigFile& c, std::string_view 
         {"attention_bias", false},
         {"attention_dropout", 0.0},
         {"pad_token_id", nullptr},  // no padding row: the seed has none
-        {"bos_token_id", nullptr},
-        {"eos_token_id", c.vocab_size == 50257 ? nlohmann::json(50256) : nlohmann::json(nullptr)},  // GPT-2's <|endoftext|>
+        // GPT-2's <|endoftext|> begins and ends a text (what its tokenizer files say too).
+        {"bos_token_id", c.vocab_size == 50257 ? nlohmann::json(50256) : nlohmann::json(nullptr)},
+        {"eos_token_id", c.vocab_size == 50257 ? nlohmann::json(50256) : nlohmann::json(nullptr)},
         {"use_cache", true},
         {"dtype", torch_dtype},
     };
