@@ -128,6 +128,13 @@ TEST_CASE("corrupted, incomplete and mismatched checkpoints are refused without 
         CHECK_THROWS_WITH_AS(load_checkpoint(s.dir, params, adamw, grads), doctest::Contains("trainer_state.json"),
                              CheckpointError);
     }
+    SUBCASE("model config nested deeper than a config file may be") {
+        const auto s = save_one("deep_config");
+        std::ofstream(s.dir / "gemma3_config.json") << "{\"vocab_size\":" << std::string(200000, '[')
+                                                    << std::string(200000, ']') << "}";
+        CHECK_THROWS_WITH_AS(load_checkpoint(s.dir, params, adamw, grads),
+                             doctest::Contains("gemma3_config.json: is nested deeper than 64 levels"), CheckpointError);
+    }
     SUBCASE("written for another architecture") {
         const auto s = save_one("mismatch");
         auto config = config_file_of<Tiny>();

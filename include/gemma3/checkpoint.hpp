@@ -73,7 +73,8 @@ struct TrainerState {
 };
 
 // The model config of a checkpoint directory: gemma3_config.json when present (written by
-// gemma3-train), else Hugging Face's config.json.
+// gemma3-train), else Hugging Face's config.json. Throws ConfigError for a bad config file (naming
+// the file and every problem), CheckpointError when the directory has neither.
 inline ModelConfigFile checkpoint_model_config(const std::filesystem::path& dir);
 
 namespace detail {
@@ -286,13 +287,11 @@ TrainerState load_checkpoint(const std::filesystem::path& dir, Parameters<C, T>&
     if (!std::filesystem::is_directory(dir, not_a_directory)) {
         throw CheckpointError(dir.string() + ": no such checkpoint directory");
     }
-    const auto config_path = dir / "gemma3_config.json";
-    const auto config_json = json_read::read_file<CheckpointError>(config_path, "model config");
     ModelConfigFile saved_config;
     try {
-        saved_config = parse_model_config(config_json, config_path.string());
+        saved_config = load_model_config(dir / "gemma3_config.json");  // size and depth limits, every value checked
     } catch (const ConfigError& e) {
-        throw CheckpointError(e.what());  // names the file and the fields
+        throw CheckpointError(dir.string() + ": cannot read the checkpoint's model config:\n" + e.what());
     }
     try {
         require_matches<C>(saved_config);

@@ -138,8 +138,8 @@ inline constexpr double unbounded = std::numeric_limits<double>::infinity();
 inline constexpr Range positive{0, false, unbounded, false, "a positive number", "a positive integer"};
 inline constexpr Range above_one{1, false, unbounded, false, "a number greater than 1", "an integer greater than 1"};
 inline constexpr Range non_negative{0, true, unbounded, false, "a number >= 0", "an integer >= 0"};
-inline constexpr Range fraction{0, true, 1, false, "a number in [0, 1)", "0"};
-inline constexpr Range start_factor{0, false, 1, true, "a number in (0, 1]", "1"};
+inline constexpr Range fraction{0, true, 1, false, "a number in [0, 1)", "the integer 0"};
+inline constexpr Range start_factor{0, false, 1, true, "a number in (0, 1]", "the integer 1"};
 struct Any {};  // any value of the field's type (booleans)
 inline constexpr Any any{};
 struct OneOf {
@@ -200,6 +200,17 @@ std::string hf_name(const HfFixed<T>&, std::string_view ours) {
     return std::string(ours);
 }
 inline std::string hf_name(NotInHf, std::string_view ours) { return std::string(ours); }
+
+// Whether a config.json key is this field's name there (the current or the older one).
+template <class T>
+bool is_hf_spelling(const Hf<T>& h, std::string_view key) {
+    return h.name == key;
+}
+inline bool is_hf_spelling(const HfRope& h, std::string_view key) { return h.legacy_name == key; }
+template <class H>
+bool is_hf_spelling(const H&, std::string_view) {
+    return false;
+}
 
 }  // namespace fields
 
@@ -315,17 +326,9 @@ inline std::string quoted_list(std::span<const std::string_view> names, std::str
     return text;
 }
 
-// Hugging Face's names for our fields: people paste those from a config.json.
-inline constexpr std::array<std::pair<std::string_view, std::string_view>, 14> field_aliases{{
-    {"hidden_size", "emb_dim"},
-    {"intermediate_size", "hidden_dim"},
-    {"num_attention_heads", "n_heads"},
-    {"num_key_value_heads", "n_kv_groups"},
+// Other names people use for our fields (Hugging Face's own come from the field table).
+inline constexpr std::array<std::pair<std::string_view, std::string_view>, 6> field_aliases{{
     {"n_kv_heads", "n_kv_groups"},
-    {"num_hidden_layers", "n_layers"},
-    {"max_position_embeddings", "context_length"},
-    {"rope_theta", "rope_base"},
-    {"rope_local_base_freq", "rope_local_base"},
     {"torch_dtype", "dtype"},
     {"lr", "learning_rate"},
     {"warmup_iters", "warmup_steps"},
@@ -333,12 +336,26 @@ inline constexpr std::array<std::pair<std::string_view, std::string_view>, 14> f
     {"eps", "adam_eps"},
 }};
 
+// The field of ours that Hugging Face's config.json calls `name` ("" when none): people paste
+// those from a config.json.
+inline std::string_view field_for_hf_name(std::string_view name) {
+#define GEMMA3_HF_ALIAS(type, field, presence, rule, hugging_face, ...) \
+    if (fields::is_hf_spelling(fields::hugging_face, name)) return #field;
+    GEMMA3_MODEL_CONFIG_FIELDS(GEMMA3_HF_ALIAS)
+#undef GEMMA3_HF_ALIAS
+    return {};
+}
+
 inline std::string unknown_field_advice(std::string_view name, std::span<const std::string_view> known) {
     if (name.size() > 64) return "unknown field";  // no field is that long; spare the edit distances
+    const auto known_as = [&](std::string_view ours) {
+        return !ours.empty() && std::find(known.begin(), known.end(), ours) != known.end();
+    };
+    if (const auto ours = field_for_hf_name(name); known_as(ours)) {
+        return "unknown field; this format calls it " + quoted(ours);
+    }
     for (const auto& [alias, ours] : field_aliases) {
-        if (alias == name && std::find(known.begin(), known.end(), ours) != known.end()) {
-            return "unknown field; this format calls it " + quoted(ours);
-        }
+        if (alias == name && known_as(ours)) return "unknown field; this format calls it " + quoted(ours);
     }
     std::string_view best;
     std::size_t best_distance = std::numeric_limits<std::size_t>::max();
