@@ -131,6 +131,9 @@ void install_fault_injection(gemma3::TrainOptions& options, int rank) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    // Past a file-size limit (ulimit -f) write() then fails with EFBIG and the run ends with an
+    // error naming the file, its previous outputs intact; SIGXFSZ's default would kill it mid-write.
+    std::signal(SIGXFSZ, SIG_IGN);
     CLI::App app{"Train a Gemma 3 model on token files (the seed's loop)"};
     std::string model_path = "config/model_config.json", training_path = "config/training_config.json";
     gemma3::TrainOptions options;

@@ -8,6 +8,7 @@ packages=(
   libeigen3-dev nlohmann-json3-dev doctest-dev libcli11-dev libpcre2-dev libbenchmark-dev
   libopenblas-dev libopenblas0-openmp libdnnl-dev libboost-context-dev
   openmpi-bin libopenmpi-dev
+  clang libclang-rt-dev libomp-dev
   bible-kjv bible-kjv-text
 )
 

@@ -23,9 +23,11 @@
 #pragma once
 
 #include "config_file.hpp"
+#include "data.hpp"
 #include "file_io.hpp"
 #include "hf_config.hpp"
 #include "hf_tokenizer_files.hpp"
+#include "json_read.hpp"
 #include "optimizer.hpp"
 #include "parameters.hpp"
 #include "safetensors.hpp"
@@ -276,10 +278,15 @@ inline void remove_unlinked_checkpoints(const std::filesystem::path& out_dir) {
 
 // Restores weights, AdamW moments, the partial gradients (zero unless saved mid-accumulation) and
 // the trainer state from a checkpoint directory written for the same architecture (config C).
+// All or nothing: any problem is a CheckpointError naming the file (and field or tensor), and
+// leaves params, adamw and grads as they were.
 template <ModelConfig C, class T>
 TrainerState load_checkpoint(const std::filesystem::path& dir, Parameters<C, T>& params, AdamW<T>& adamw,
                              Parameters<C, T>& grads) {
-    if (!std::filesystem::is_directory(dir)) throw CheckpointError(dir.string() + ": no such checkpoint directory");
+    std::error_code not_a_directory;
+    if (!std::filesystem::is_directory(dir, not_a_directory)) {
+        throw CheckpointError(dir.string() + ": no such checkpoint directory");
+    }
     ModelConfigFile saved_config;
     try {
         saved_config = load_model_config(dir / "gemma3_config.json");  // size and depth limits, every value checked
@@ -291,43 +298,58 @@ TrainerState load_checkpoint(const std::filesystem::path& dir, Parameters<C, T>&
     } catch (const ConfigError& e) {
         throw CheckpointError(dir.string() + ": the checkpoint was written for a different model:\n" + e.what());
     }
-    const auto state_json = detail::read_json(dir / "trainer_state.json");
+    // Every number through json_read: range-checked, whole, and named with file, field and value.
+    const auto state_path = dir / "trainer_state.json";
+    const auto state_json = json_read::read_file<CheckpointError>(state_path, "trainer state");
+    const json_read::ObjectReader<CheckpointError> saved(state_json, state_path.string());
+    if (saved.string("format") != "gemma3-trainer-state" || saved.integer<int>("version") != 1) {
+        throw CheckpointError(state_path.string() + ": unknown format or version (expected \"gemma3-trainer-state\" "
+                                                    "version 1)");
+    }
     TrainerState state;
-    try {
-        if (state_json.at("format") != "gemma3-trainer-state" || state_json.at("version") != 1) {
-            throw CheckpointError((dir / "trainer_state.json").string() + ": unknown format or version");
+    state.iteration = saved.integer<std::int64_t>("iteration", 0);
+    state.optimizer_steps = saved.integer<std::int64_t>("optimizer_steps", 0);
+    state.last_eval_iteration = saved.integer<std::int64_t>("last_eval_iteration", -1);
+    state.pending_gradients = saved.boolean("pending_gradients");
+    state.best_val_loss = saved.at("best_val_loss").is_null() ? std::numeric_limits<double>::infinity()
+                                                                : saved.number("best_val_loss");
+    state.train_sampler = saved.string("train_sampler");
+    state.eval_train_sampler = saved.string("eval_train_sampler");
+    state.eval_val_sampler = saved.string("eval_val_sampler");
+    if (saved.has("data_parallel")) {
+        const auto parallel = saved.object("data_parallel");
+        state.ranks = parallel.integer<int>("ranks", 1);
+        state.batch_sampling = parallel.string("batch_sampling");
+        const auto& streams = parallel.array("rank_train_samplers");
+        for (std::size_t r = 0; r < streams.size(); ++r) {
+            if (!streams[r].is_string()) {
+                parallel.fail("rank_train_samplers", "element " + std::to_string(r) + " is " +
+                                                         json_read::kind(streams[r]) + "; expected a string");
+            }
+            state.rank_train_samplers.push_back(streams[r].get<std::string>());
         }
-        state.iteration = state_json.at("iteration").get<std::int64_t>();
-        state.optimizer_steps = state_json.at("optimizer_steps").get<std::int64_t>();
-        state.last_eval_iteration = state_json.at("last_eval_iteration").get<std::int64_t>();
-        state.pending_gradients = state_json.at("pending_gradients").get<bool>();
-        const auto& best = state_json.at("best_val_loss");
-        state.best_val_loss = best.is_null() ? std::numeric_limits<double>::infinity() : best.get<double>();
-        state.train_sampler = state_json.at("train_sampler").get<std::string>();
-        state.eval_train_sampler = state_json.at("eval_train_sampler").get<std::string>();
-        state.eval_val_sampler = state_json.at("eval_val_sampler").get<std::string>();
-        if (state_json.contains("data_parallel")) {
-            const auto& parallel = state_json.at("data_parallel");
-            state.ranks = parallel.at("ranks").get<int>();
-            state.batch_sampling = parallel.at("batch_sampling").get<std::string>();
-            state.rank_train_samplers = parallel.at("rank_train_samplers").get<std::vector<std::string>>();
+    }
+    // The sampler states are restored after this function returns; a bad one must fail here,
+    // before anything of the caller's has changed.
+    const auto check_sampler = [&](const std::string& field, const std::string& text) {
+        if (!BatchSampler::is_valid_state(text)) {
+            throw CheckpointError((dir / "trainer_state.json").string() + ": " + field +
+                                  " is not a batch sampler state (" + std::to_string(text.size()) + " bytes)");
         }
-    } catch (const nlohmann::json::exception& e) {
-        throw CheckpointError((dir / "trainer_state.json").string() + ": malformed: " + e.what());
-    }
-    if (state.iteration < 0 || state.optimizer_steps < 0) {
-        throw CheckpointError((dir / "trainer_state.json").string() + ": negative iteration or step count");
-    }
-    if (state.ranks < 1) {
-        throw CheckpointError((dir / "trainer_state.json").string() + ": data_parallel.ranks is " +
-                              std::to_string(state.ranks) + ", expected at least 1");
+    };
+    check_sampler("train_sampler", state.train_sampler);
+    check_sampler("eval_train_sampler", state.eval_train_sampler);
+    check_sampler("eval_val_sampler", state.eval_val_sampler);
+    for (std::size_t r = 0; r < state.rank_train_samplers.size(); ++r) {
+        check_sampler("data_parallel.rank_train_samplers[" + std::to_string(r) + "]", state.rank_train_samplers[r]);
     }
 
     // Read everything into temporaries first, so a bad file leaves params and adamw untouched.
     Parameters<C, T> new_params, new_grads;
     AdamW<T> new_adamw(params.size(), adamw.settings());
     try {
-        load_weights(dir / "model.safetensors", new_params);
+        // new_params is a scratch copy already: read into it directly.
+        detail::read_weights<C>(dir / "model.safetensors", std::span<T>(new_params.data(), new_params.size()));
         const SafetensorsFile moments(dir / "optimizer.safetensors");
         for (const auto& t : parameter_tensors<C>()) {
             moments.read<T>("exp_avg." + t.name, t.shape,

@@ -42,6 +42,7 @@
 #include "data.hpp"
 #include "distributed.hpp"
 #include "footprint.hpp"
+#include "json_read.hpp"
 #include "loss_plot.hpp"
 #include "model.hpp"
 #include "optimizer.hpp"
@@ -53,15 +54,19 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <limits>
 #include <memory>
+#include <optional>
 #include <span>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace gemma3 {
@@ -170,6 +175,48 @@ inline std::string exact(double v) {
 // engine trains in T on the host. The CUDA engine (cuda/trainer_engine.cuh) trains on the device
 // and treats these host buffers as mirrors: it copies its state into them for checkpoints and error
 // reports (sync_to_host) and takes them back after the loop set them (host_state_changed).
+// One line of <out>/metrics.jsonl as the trainer reads it back on resume.
+struct MetricsRecord {
+    bool eval = false;       // "type": "eval" (train_loss, val_loss) or "train" (loss)
+    std::int64_t iter = -1;
+    double loss = NAN, train_loss = NAN, val_loss = NAN;  // null (a non-finite loss) reads as NaN
+};
+
+// The record on `line`, or nullopt for a line the trainer did not write: cut short by a kill,
+// edited, or not a record at all. Never throws for any line.
+inline std::optional<MetricsRecord> parse_metrics_line(std::string_view line) {
+    nlohmann::json r;
+    try {
+        r = json_read::parse<TrainingError>(line, "metrics.jsonl");
+    } catch (const TrainingError&) {
+        return std::nullopt;
+    }
+    if (!r.is_object()) return std::nullopt;
+    const auto iter = r.find("iter");
+    const auto type = r.find("type");
+    if (iter == r.end() || type == r.end() || !type->is_string()) return std::nullopt;
+    std::string why;
+    const auto e = json_read::to_integer<std::int64_t>(*iter, 0, std::numeric_limits<std::int64_t>::max(), why);
+    if (!e) return std::nullopt;  // a string, a fraction, negative or out of range
+    MetricsRecord record;
+    record.iter = *e;
+    const auto loss = [&](const char* key) {
+        const auto found = r.find(key);
+        return found != r.end() && found->is_number() ? found->get<double>() : NAN;
+    };
+    const auto& kind = type->get_ref<const std::string&>();
+    if (kind == "eval") {
+        record.eval = true;
+        record.train_loss = loss("train_loss");
+        record.val_loss = loss("val_loss");
+    } else if (kind == "train") {
+        record.loss = loss("loss");
+    } else {
+        return std::nullopt;
+    }
+    return record;
+}
+
 // P is the CPU precision (Cpu<P>): float, double, or bf16 for mixed precision, whose weights, AdamW
 // moments and gradients are float (the loop's T) and whose products read a bf16 copy of the weights,
 // rounded again after every change to them (an optimizer step, a checkpoint, a broadcast).
@@ -697,21 +744,15 @@ private:
         std::ifstream in(metrics_path());
         std::string kept, line;
         while (std::getline(in, line)) {
-            nlohmann::json r;
-            try {
-                r = nlohmann::json::parse(line);
-            } catch (const nlohmann::json::exception&) {
-                continue;  // a line cut short by a kill
-            }
-            const auto e = r.value("iter", std::int64_t{-1});
-            const bool eval = r.value("type", "") == "eval";
-            if (eval ? e > iteration : e >= iteration) continue;
+            const auto r = parse_metrics_line(line);
+            if (!r) continue;  // a line cut short by a kill, or not the trainer's
+            if (r->eval ? r->iter > iteration : r->iter >= iteration) continue;
             kept += line + "\n";
-            if (eval) {
-                curves_.eval_train.push_back({e, r.value("train_loss", NAN)});
-                curves_.eval_val.push_back({e, r.value("val_loss", NAN)});
+            if (r->eval) {
+                curves_.eval_train.push_back({r->iter, r->train_loss});
+                curves_.eval_val.push_back({r->iter, r->val_loss});
             } else {
-                curves_.train.push_back({e, r.value("loss", NAN)});
+                curves_.train.push_back({r->iter, r->loss});
             }
         }
         write_file_atomically(metrics_path(), [&](std::ostream& out) { out << kept; });
