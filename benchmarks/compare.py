@@ -11,7 +11,7 @@ Measures, each in its own process (so peak memory is per measurement):
     1.13 (/usr/bin/python3, package python3-torch) when installed;
   - decoding one sequence after a --seq-token prompt: gemma3's KV cache against transformers'
     generate with its cache.
-PyTorch gets the tuning machine-notes recommends: torch.set_num_threads(2), OMP_WAIT_POLICY=PASSIVE.
+PyTorch gets the tuning docs/design.md §4 recommends: torch.set_num_threads(2), OMP_WAIT_POLICY=PASSIVE.
 Prints a table: tokens/s, GFLOP/s, fraction of the roofline, ratio to the best PyTorch, peak RSS.
 """
 import argparse

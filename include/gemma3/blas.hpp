@@ -1,7 +1,7 @@
 // The large matrix products, routed to CBLAS (OpenBLAS).
 //
 // On this project's reference machine OpenBLAS's sgemm runs at ~88% of the FMA peak, against about
-// two thirds of that for Eigen's own product (../shared/machine-notes.md), so every product whose
+// two thirds of that for Eigen's own product (docs/design.md §2), so every product whose
 // size grows with the model goes through here. Small per-head products inside parallel loops use
 // the same call; OpenBLAS runs them on the calling thread when invoked inside an OpenMP region.
 #pragma once

@@ -1,4 +1,4 @@
-// The training loop of the seed (spec §8), on any back end with an engine (CpuEngine below;
+// The training loop of the seed (docs/model.md §8), on any back end with an engine (CpuEngine below;
 // cuda::TrainerEngine in cuda/trainer_engine.cuh).
 //
 //   for e in [start, max_iters):

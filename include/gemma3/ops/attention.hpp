@@ -1,6 +1,6 @@
 // Causal / sliding-window attention with grouped (or multi-) query heads.
 //
-// Spec §3.4 steps 5-7 and §4; backward §9.6-9.7. Inputs are the rotated queries [tokens, heads*head_dim]
+// docs/model.md §3.4 steps 5-7 and §4; backward §9.6-9.7. Inputs are the rotated queries [tokens, heads*head_dim]
 // and keys/values [tokens, kv_heads*head_dim], tokens ordered batch-major (row b*seq + t). Query head
 // h reads key/value head h / (heads / kv_heads). Query i sees keys j with i - window < j <= i
 // (window = 0: every j <= i). Scores are scaled by `scale` = query_pre_attn_scalar^-0.5.

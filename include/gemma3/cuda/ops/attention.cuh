@@ -1,5 +1,5 @@
 // Causal / sliding-window attention with grouped (or multi-) query heads on the device. The twin of
-// include/gemma3/ops/attention.hpp (spec §3.4 steps 5-7, §4; backward §9.6-9.7).
+// include/gemma3/ops/attention.hpp (docs/model.md §3.4 steps 5-7, §4; backward §9.6-9.7).
 //
 // Layout as on the CPU: q [tokens, heads * head_dim], k and v [tokens, kv_heads * head_dim] (any
 // leading dimensions, so k and v can be read inside the fused q/k/v projection), tokens batch-major.
