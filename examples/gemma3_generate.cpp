@@ -60,7 +60,7 @@ template <class C>
 int run(const Options& o, const gemma3::Tokenizer* tokenizer, std::vector<std::int32_t> prompt) {
     using Model = gemma3::Model<C, gemma3::Cpu<float>>;
     auto model = std::make_unique<Model>();
-    model->load(std::filesystem::path(o.checkpoint) / "model.safetensors");
+    gemma3::load_weights(std::filesystem::path(o.checkpoint) / "model.safetensors", model->parameters);
 
     if (!o.logits_out.empty()) {  // the prompt's logits, for comparison with another implementation
         const auto logits = model->forward(prompt, 1, static_cast<gemma3::Index>(prompt.size()));

@@ -2,11 +2,14 @@
 //
 //   #include <gemma3/model.hpp>
 //   gemma3::Model<gemma3::configs::Gemma3_270M, gemma3::Cpu<float>> model;
-//   model.init(gemma3::InitScheme::hf, 0.02, /*seed=*/1);       // or model.load("model.safetensors")
+//   model.init(gemma3::InitScheme::hf, 0.02, /*seed=*/1);       // or, with <gemma3/weights_io.hpp>,
+//   gemma3::load_weights("model.safetensors", model.parameters); // Hugging Face tensor names
 //   auto logits = model.forward(tokens, batch, seq);              // [batch*seq, vocab], row-major
 //
 // The config type fixes every shape at compile time (configs.hpp); the back end fixes where and in
 // which precision the model runs. Cpu<float> and Cpu<double> are the Eigen/BLAS reference.
+// This header is the model and its math only: weights, checkpoints and configs are read and written
+// by weights_io.hpp, checkpoint.hpp and config_file.hpp.
 #pragma once
 
 #include "activations.hpp"
@@ -16,7 +19,6 @@
 #include "forward.hpp"
 #include "parameters.hpp"
 #include "tensor.hpp"
-#include "weights_io.hpp"
 
 #include <cstdint>
 #include <span>
@@ -70,9 +72,6 @@ public:
     void init(InitScheme scheme = InitScheme::seed, double initializer_range = 0.02, std::uint64_t seed = 0) {
         init_parameters(parameters, scheme, initializer_range, seed);
     }
-
-    // Weights from a safetensors file with Hugging Face's tensor names (see weights_io.hpp).
-    void load(const std::filesystem::path& safetensors_path) { load_weights(safetensors_path, parameters); }
 
     // Logits [batch*seq, vocab] for `batch` sequences of `seq` tokens each, stored batch-major in
     // `tokens`. The view stays valid until the next call.
