@@ -217,20 +217,18 @@ inline ModelConfigFile checkpoint_model_config(const std::filesystem::path& dir)
                                          "written by gemma3-train or by transformers' save_pretrained)");
 }
 
-// Test hook: called with the name of each phase of a checkpoint write ("model", "optimizer",
-// "state", "directory", "link"), before it happens. The trainer's tests use it to kill the process
-// mid-save. Empty by default.
-inline std::function<void(std::string_view phase)>& checkpoint_phase_hook() {
-    static std::function<void(std::string_view)> hook;
-    return hook;
-}
+// Optional observer of a checkpoint write: called with the name of each phase ("model",
+// "optimizer", "gradients", "state", "directory", "link") before it happens (gemma3-train's
+// crash-safety tests kill the process there).
+using CheckpointPhaseObserver = std::function<void(std::string_view phase)>;
 
 template <ModelConfig C, class T>
 void write_checkpoint_files(const std::filesystem::path& dir, const Parameters<C, T>& params, const AdamW<T>& adamw,
                             const TrainerState& state, const ModelConfigFile& model_config,
-                            const TrainingConfig& training_config, const Parameters<C, T>* pending_grads) {
-    const auto hook = [](std::string_view phase) {
-        if (checkpoint_phase_hook()) checkpoint_phase_hook()(phase);
+                            const TrainingConfig& training_config, const Parameters<C, T>* pending_grads,
+                            const CheckpointPhaseObserver& on_phase = {}) {
+    const auto hook = [&](std::string_view phase) {
+        if (on_phase) on_phase(phase);
     };
     std::filesystem::create_directories(dir);
     const auto tensors = parameter_tensors<C>();
@@ -299,7 +297,8 @@ template <ModelConfig C, class T>
 std::filesystem::path save_checkpoint(const std::filesystem::path& out_dir, const std::string& link_name,
                                       const Parameters<C, T>& params, const AdamW<T>& adamw, const TrainerState& state,
                                       const ModelConfigFile& model_config, const TrainingConfig& training_config,
-                                      const Parameters<C, T>* pending_grads = nullptr) {
+                                      const Parameters<C, T>* pending_grads = nullptr,
+                                      const CheckpointPhaseObserver& on_phase = {}) {
     char name[32];
     std::snprintf(name, sizeof name, "iter-%08lld", static_cast<long long>(state.iteration));
     const auto relative = std::filesystem::path("checkpoints") / name;
@@ -314,10 +313,10 @@ std::filesystem::path save_checkpoint(const std::filesystem::path& out_dir, cons
     }
     if (!linked) {
         std::filesystem::remove_all(dir);
-        write_checkpoint_files(dir, params, adamw, state, model_config, training_config, pending_grads);
+        write_checkpoint_files(dir, params, adamw, state, model_config, training_config, pending_grads, on_phase);
         detail::fsync_directory(dir.parent_path());
     }
-    if (checkpoint_phase_hook()) checkpoint_phase_hook()("link");
+    if (on_phase) on_phase("link");
     detail::replace_symlink(out_dir / link_name, relative);
     return dir;
 }
