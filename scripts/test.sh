@@ -31,10 +31,16 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:ha
   ctest --test-dir build/sanitize --output-on-failure
 
 step "downstream project against an installed copy"
-rm -rf build/install build/downstream
+rm -rf build/install build/downstream build/downstream-core
 cmake --install build --prefix build/install
 cmake -S examples/downstream -B build/downstream -G Ninja -DCMAKE_PREFIX_PATH="$root/build/install"
 cmake --build build/downstream -j "$jobs"
 build/downstream/downstream
+build/downstream/downstream_tokenizer
+# The same project without the tokenizer component: the core needs no PCRE2.
+cmake -S examples/downstream -B build/downstream-core -G Ninja -DCMAKE_PREFIX_PATH="$root/build/install" \
+  -DDOWNSTREAM_WITH_TOKENIZER=OFF
+cmake --build build/downstream-core -j "$jobs"
+build/downstream-core/downstream
 
 step "all tests passed"
