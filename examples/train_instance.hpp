@@ -15,13 +15,14 @@
 
 namespace gemma3 {
 struct TrainOptions;
+struct TrainSummary;
 }
 
 namespace gemma3::programs {
 
 // Trains config I of CompiledConfigs in precision T (float or double).
 template <std::size_t I, class T>
-void train_compiled(const ModelConfigFile& model, const TrainingConfig& training, const TrainOptions& options);
+TrainSummary train_compiled(const ModelConfigFile& model, const TrainingConfig& training, const TrainOptions& options);
 
 }  // namespace gemma3::programs
 
@@ -29,13 +30,13 @@ void train_compiled(const ModelConfigFile& model, const TrainingConfig& training
 #include <gemma3/trainer.hpp>
 
 template <std::size_t I, class T>
-void gemma3::programs::train_compiled(const ModelConfigFile& model, const TrainingConfig& training,
-                                      const TrainOptions& options) {
-    Trainer<std::tuple_element_t<I, CompiledConfigs>, T>(model, training, options).run();
+gemma3::TrainSummary gemma3::programs::train_compiled(const ModelConfigFile& model, const TrainingConfig& training,
+                                                      const TrainOptions& options) {
+    return Trainer<std::tuple_element_t<I, CompiledConfigs>, T>(model, training, options).run();
 }
 
 #define GEMMA3_INSTANTIATE_TRAIN(I, T)                                                      \
-    template void gemma3::programs::train_compiled<I, T>(const gemma3::ModelConfigFile&,    \
+    template gemma3::TrainSummary gemma3::programs::train_compiled<I, T>(const gemma3::ModelConfigFile&, \
                                                          const gemma3::TrainingConfig&,     \
                                                          const gemma3::TrainOptions&);
 #endif
