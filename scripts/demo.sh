@@ -35,7 +35,7 @@ step "data: data/kjv/train.bin, data/kjv/validation.bin"
 build/bin/gemma3-prepare data/kjv/kjv.txt --out-dir data/kjv
 
 step "model"
-build/bin/gemma3-info --model-config config/demo_model_config.json --batch 8 --block-size 128 | head -12
+build/bin/gemma3-info --model-config config/demo_model_config.json --batch 8 --block-size 128 | head -28
 
 step "training (out/demo)"
 out=out/demo

@@ -112,6 +112,13 @@ TEST_CASE("corrupted, incomplete and mismatched checkpoints are refused without 
         CHECK_THROWS_WITH_AS(load_checkpoint(s.dir, params, adamw, grads), doctest::Contains("trainer_state.json"),
                              CheckpointError);
     }
+    SUBCASE("model config nested deeper than a config file may be") {
+        const auto s = save_one("deep_config");
+        std::ofstream(s.dir / "gemma3_config.json") << "{\"vocab_size\":" << std::string(200000, '[')
+                                                    << std::string(200000, ']') << "}";
+        CHECK_THROWS_WITH_AS(load_checkpoint(s.dir, params, adamw, grads),
+                             doctest::Contains("gemma3_config.json: is nested deeper than 64 levels"), CheckpointError);
+    }
     SUBCASE("written for another architecture") {
         const auto s = save_one("mismatch");
         auto config = config_file_of<Tiny>();
@@ -131,4 +138,17 @@ TEST_CASE("the Hugging Face config.json of a checkpoint converts back to the sam
     hf["final_logit_softcapping"] = 30.0;
     CHECK_THROWS_WITH_AS(model_config_from_hf_json(hf, "config.json"), doctest::Contains("final_logit_softcapping"),
                          ConfigError);
+}
+
+TEST_CASE("a checkpoint's config.json is read with the size and depth limits of a config file") {
+    const auto dir = fresh_dir("hf_config_limits");
+    // 200,000 levels of nesting: a stack overflow before the limits (fuzzing, finding 2).
+    std::ofstream(dir / "config.json") << "{\"hidden_size\":" << std::string(200000, '[') << std::string(200000, ']')
+                                       << "}";
+    CHECK_THROWS_WITH_AS(checkpoint_model_config(dir), doctest::Contains("is nested deeper than 64 levels"), ConfigError);
+    fs::resize_file(dir / "config.json", std::uintmax_t{64} << 20);
+    CHECK_THROWS_WITH_AS(checkpoint_model_config(dir), doctest::Contains("is larger than 16777216 bytes"), ConfigError);
+    // A config.json transformers could have written reads as the model.
+    std::ofstream(dir / "config.json", std::ios::trunc) << hf_config_json(config_file_of<Tiny>()).dump(2);
+    CHECK_NOTHROW(require_matches<Tiny>(checkpoint_model_config(dir)));
 }
