@@ -14,7 +14,7 @@ Measures, each in its own process (so peak memory is per measurement):
     fp32, bf16 and blockwise int8 (gemma3-bench --weights), against transformers' generate with its
     cache; a decode row's roofline is the copy bandwidth over the weight bytes it reads per token.
 Each at one thread pinned to core 0 (taskset -c 0) and at two threads (--threads). PyTorch gets the
-tuning machine-notes recommends: torch.set_num_threads(n), OMP_WAIT_POLICY=PASSIVE.
+tuning docs/design.md §4 recommends: torch.set_num_threads(n), OMP_WAIT_POLICY=PASSIVE.
 Prints a table per thread count: tokens/s, GFLOP/s, fraction of the roofline (the GEMM rate of the
 row's precision), ratio to the best PyTorch, peak RSS; and the GEMM engine with its instruction set.
 """

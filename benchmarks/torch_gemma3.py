@@ -4,7 +4,7 @@ build/bin/gemma3-bench, so the two can be compared on one machine in one run.
 
   python benchmarks/torch_gemma3.py --config seed --mode train --batch 4 --seq 128
 
-The model is a compact, self-contained Gemma 3 (spec §3: embedding x sqrt(D), Gemma RMSNorm, q/k
+The model is a compact, self-contained Gemma 3 (docs/model.md §3: embedding x sqrt(D), Gemma RMSNorm, q/k
 norm, split-half RoPE with per-layer base, sliding/full causal masks, GQA, GeGLU with tanh GELU,
 untied head for the seed config), written for both the current PyPI torch and Debian's torch 1.13.
 Mode `hf-decode` instead times transformers' Gemma3ForCausalLM.generate with its KV cache.

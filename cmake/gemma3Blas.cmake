@@ -6,7 +6,7 @@
 #
 # For CBLAS, prefers the OpenMP build of OpenBLAS (Debian's libopenblas0-openmp), so that BLAS and our
 # own OpenMP loops share one thread pool instead of two pools spinning against each other
-# (see ../shared/machine-notes.md). Falls back to any libopenblas, then to find_package(BLAS).
+# (see docs/design.md §3). Falls back to any libopenblas, then to find_package(BLAS).
 if(TARGET gemma3::blas)
   return()
 endif()

@@ -49,6 +49,8 @@ if(TARGET Boost::context AND NOT TARGET gemma3_cuda_emulation)
   add_library(gemma3_cuda_emulation INTERFACE)
   add_library(gemma3::cuda_emulation ALIAS gemma3_cuda_emulation)
   target_compile_definitions(gemma3_cuda_emulation INTERFACE GEMMA3_CUDA_EMULATION)
+  # The emulator is test support (tests/cuda/emulator/), not part of the installed headers.
+  target_include_directories(gemma3_cuda_emulation INTERFACE ${PROJECT_SOURCE_DIR}/tests/cuda/emulator)
   target_link_libraries(gemma3_cuda_emulation INTERFACE gemma3 Boost::context)
 endif()
 
@@ -143,7 +145,19 @@ function(gemma3_add_cuda_test name)
     list(APPEND emulated_sources ${wrapper})
   endforeach()
 
-  add_executable(${name} ${test_dir}/cuda_test_main.cpp ${emulated_sources} ${ARG_EMULATOR_SOURCES})
+  # main() is the same for every CUDA test executable: compiled once.
+  if(NOT TARGET gemma3_cuda_test_main)
+    add_library(gemma3_cuda_test_main OBJECT ${test_dir}/cuda_test_main.cpp)
+    target_link_libraries(gemma3_cuda_test_main PRIVATE gemma3_project_flags doctest::doctest)
+    target_include_directories(gemma3_cuda_test_main PRIVATE ${test_dir})
+    if(GEMMA3_CUDA_ENABLED)
+      target_compile_definitions(gemma3_cuda_test_main PRIVATE GEMMA3_CUDA_TEST_HAS_DEVICE_BUILD=1)
+    endif()
+    if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
+      target_compile_options(gemma3_cuda_test_main PRIVATE -Werror)
+    endif()
+  endif()
+  add_executable(${name} $<TARGET_OBJECTS:gemma3_cuda_test_main> ${emulated_sources} ${ARG_EMULATOR_SOURCES})
   target_link_libraries(${name} PRIVATE gemma3::cuda_emulation gemma3_project_flags doctest::doctest)
   target_include_directories(${name} PRIVATE ${test_dir} ${CMAKE_CURRENT_SOURCE_DIR})
   target_compile_definitions(${name} PRIVATE
@@ -162,7 +176,6 @@ function(gemma3_add_cuda_test name)
       GEMMA3_TEST_DATA_DIR="${PROJECT_SOURCE_DIR}/tests/data" GEMMA3_SOURCE_DIR="${PROJECT_SOURCE_DIR}")
     gemma3_cuda_device_flags(${name}_device)
     target_link_libraries(${name} PRIVATE ${name}_device CUDA::cudart CUDA::cublasLt)
-    target_compile_definitions(${name} PRIVATE GEMMA3_CUDA_TEST_HAS_DEVICE_BUILD=1)
     add_test(NAME ${name}.ptxas
              COMMAND ${Python3_EXECUTABLE} ${PROJECT_SOURCE_DIR}/scripts/check_ptxas.py check
                      ${CMAKE_CURRENT_BINARY_DIR}/CMakeFiles/${name}_device.dir)

@@ -3,9 +3,9 @@
 //   gemma3-prepare data/kjv/kjv.txt --out-dir data/kjv
 //   gemma3-prepare corpus/ more.txt --out-dir data/mine --val-fraction 0.05 --threads 2
 //
-// All the work is in include/gemma3/prepare.hpp; this file parses options and draws the progress
+// All the work is in prepare.hpp; this file parses options and draws the progress
 // bar (stderr) and the summary (stdout).
-#include <gemma3/prepare.hpp>
+#include "prepare.hpp"
 
 #include "find_tokenizer.hpp"
 

@@ -21,6 +21,8 @@
 
 #include "compiled_configs.hpp"
 #include "find_tokenizer.hpp"
+#include "loss_plot.hpp"
+#include "train_instance.hpp"
 
 #include <CLI/CLI.hpp>
 
@@ -41,14 +43,30 @@
 
 namespace {
 
-template <class C>
-gemma3::TrainSummary train(const gemma3::ModelConfigFile& model, const gemma3::TrainingConfig& training,
-                           const gemma3::TrainOptions& options) {
-    if (training.dtype == "float64") return gemma3::Trainer<C, double>(model, training, options).run();
-    if (training.dtype == "bfloat16") {  // mixed precision: bf16 products, fp32 master weights
-        return gemma3::Trainer<C, float, gemma3::CpuEngine<C, gemma3::bf16>>(model, training, options).run();
+static_assert(std::tuple_size_v<gemma3::programs::CompiledConfigs> == GEMMA3_TRAIN_CONFIG_COUNT,
+              "examples/CMakeLists.txt generates trainer instances for a different number of compiled configs");
+
+// Trains with the compiled config that matches `model` (its trainer is compiled in its own
+// translation unit, train_instance.hpp); false when none does.
+template <std::size_t I = 0>
+bool train_matching(const gemma3::ModelConfigFile& model, const gemma3::TrainingConfig& training,
+                    const gemma3::TrainOptions& options, gemma3::TrainSummary& summary) {
+    using gemma3::programs::CompiledConfigs;
+    if constexpr (I == std::tuple_size_v<CompiledConfigs>) {
+        return false;
+    } else {
+        if (!gemma3::programs::matches<std::tuple_element_t<I, CompiledConfigs>>(model)) {
+            return train_matching<I + 1>(model, training, options, summary);
+        }
+        if (training.dtype == "float64") {
+            summary = gemma3::programs::train_compiled<I, double>(model, training, options);
+        } else if (training.dtype == "bfloat16") {  // mixed precision: bf16 products, fp32 master weights
+            summary = gemma3::programs::train_compiled<I, gemma3::bf16>(model, training, options);
+        } else {
+            summary = gemma3::programs::train_compiled<I, float>(model, training, options);
+        }
+        return true;
     }
-    return gemma3::Trainer<C, float>(model, training, options).run();
 }
 
 // GPT-2's tokenizer in transformers' files, for the checkpoints of a model with its vocabulary.
@@ -96,7 +114,7 @@ void install_fault_injection(gemma3::TrainOptions& options, int rank) {
         const auto colon = text.find(':');
         const std::string phase = text.substr(0, colon);
         const int nth = colon == std::string::npos ? 1 : std::stoi(text.substr(colon + 1));
-        gemma3::checkpoint_phase_hook() = [phase, nth, seen = 0](std::string_view reached) mutable {
+        options.checkpoint_phase = [phase, nth, seen = 0](std::string_view reached) mutable {
             if (reached == phase && ++seen == nth) std::raise(SIGKILL);
         };
     }
@@ -232,14 +250,17 @@ int main(int argc, char** argv) {
         options.resume = resume || !resume_from.empty();
         options.resume_from = resume_from;
         if (comm->rank() == 0) options.checkpoint_files = checkpoint_tokenizer_files(model, tokenizer);
+        // <out>/loss.svg, redrawn after each checkpoint.
+        options.after_checkpoint = [out = options.out_dir, title = "training loss, " + model_path](const gemma3::LossCurves& c) {
+            gemma3::write_file_atomically(out / "loss.svg", [&](std::ostream& svg) { svg << gemma3::loss_curve_svg(c, title); });
+        };
         bool found = false;
         gemma3::TrainSummary summary;
 #ifdef GEMMA3_HAVE_CUDA
         if (training.device == "cuda") found = gemma3::programs::train_on_cuda(model, training, options, summary);
         else
 #endif
-            found = gemma3::programs::with_compiled_config(
-                model, [&]<class C>() { summary = train<C>(model, training, options); });
+            found = train_matching(model, training, options, summary);
         if (!found) return fail(gemma3::programs::no_compiled_config_message(model_path, "gemma3-train"), 2);
         if (summary.stopped_by_signal) return 128 + summary.stopped_by_signal;
     } catch (const std::exception& e) {

@@ -58,14 +58,20 @@ else
 fi
 
 step "downstream project against an installed copy"
-rm -rf build/install build/downstream
+rm -rf build/install build/downstream build/downstream-core
 cmake --install build --prefix build/install
 cmake -S examples/downstream -B build/downstream -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -DCMAKE_PREFIX_PATH="$root/build/install"
 cmake --build build/downstream -j "$jobs"
 build/downstream/downstream
+build/downstream/downstream_tokenizer
 # The README's minimal trainer and generator: train, save, load the checkpoint back, generate.
 build/downstream/train build/downstream/small_model
 build/downstream/generate build/downstream/small_model
+# The same project without the tokenizer component: the core needs no PCRE2.
+cmake -S examples/downstream -B build/downstream-core -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_PREFIX_PATH="$root/build/install" -DDOWNSTREAM_WITH_TOKENIZER=OFF
+cmake --build build/downstream-core -j "$jobs"
+build/downstream-core/downstream
 
 step "all tests passed"

@@ -1,6 +1,6 @@
 // Run-time config files: loading, validation messages, comparison with the compiled types, and
 // the CMake generator. Expected values come from the seed's documented configs (the seed README and
-// spec §2.2, §8) and from the hand-written types in configs.hpp, never from the code under test.
+// docs/model.md §2.2, §8) and from the hand-written types in configs.hpp, never from the code under test.
 #include <doctest/doctest.h>
 
 #include <gemma3/config_file.hpp>
@@ -123,7 +123,7 @@ TEST_CASE("the seed's min_lr above learning_rate gives a warning that the cosine
     CHECK(w.starts_with(source_dir + "/config/training_config.json: field \"min_lr\""));
     CHECK(contains(w, "0.0005 is greater than learning_rate (0.0001)"));
     CHECK(contains(w, "raises the learning rate from 0.0001 to 0.0005"));
-    CHECK(contains(w, "remaining 149000 iterations"));  // 150000 - 1000 warmup (spec §8.5)
+    CHECK(contains(w, "remaining 149000 iterations"));  // 150000 - 1000 warmup (docs/model.md §8.5)
 
     // A decaying schedule gets no warning.
     const auto sane = load_training_config(data_dir + "/training_all_fields.json");
@@ -498,7 +498,7 @@ TEST_CASE("check_compatible refuses a block_size beyond the model's context") {
     CHECK_NOTHROW(check_compatible(tiny, training));
 }
 
-TEST_CASE("training shorter than the sliding window is noted (spec §10.5)") {
+TEST_CASE("training shorter than the sliding window is noted (docs/model.md §10.5)") {
     const auto seed = load_model_config(source_dir + "/config/model_config.json");
     const auto tiny = load_model_config(source_dir + "/config/tiny_model_config.json");
     const auto training = load_training_config(source_dir + "/config/training_config.json");

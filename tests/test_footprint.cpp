@@ -1,4 +1,4 @@
-// gemma3-info's numbers: parameter counts against the spec's table (§7) and the compiled layout,
+// gemma3-info's numbers: parameter counts against the table of docs/model.md §7 and the compiled layout,
 // activation memory against the buffers a training step really allocates.
 #include <doctest/doctest.h>
 
@@ -15,7 +15,7 @@ namespace {
 const std::filesystem::path config_dir = std::filesystem::path(GEMMA3_SOURCE_DIR) / "config";
 }
 
-TEST_CASE("the seed config has 164,654,976 parameters untied and 132,490,496 tied (spec section 7)") {
+TEST_CASE("the seed config has 164,654,976 parameters untied and 132,490,496 tied (docs/model.md §7)") {
     auto c = load_model_config(config_dir / "model_config.json");
     const auto p = count_parameters(c);
     CHECK(p.total == 164'654'976);

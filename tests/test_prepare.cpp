@@ -1,4 +1,4 @@
-// Corpus preparation tests (gemma3/prepare.hpp, gemma3-prepare).
+// Corpus preparation tests (examples/prepare.hpp, gemma3-prepare).
 //
 // References: tiktoken's ids of the whole KJV corpus (tests/data/tokenizer/kjv.ids.u16le, made by
 // tools/make_tokenizer_fixtures.py), tiktoken's ids for the cut counterexamples and Python's
@@ -8,7 +8,7 @@
 // Data files come from scripts/fetch_tokenizer.sh and scripts/fetch_corpus.sh; missing ones fail.
 #include <doctest/doctest.h>
 
-#include <gemma3/prepare.hpp>
+#include "prepare.hpp"  // examples/: the programs' own code, not installed
 
 #include <nlohmann/json.hpp>
 #include <sys/stat.h>
@@ -249,7 +249,7 @@ TEST_CASE("invalid UTF-8 is replaced like Python's decode(errors='replace')") {
     for (const auto& c : cases) {
         CAPTURE(gemma3::detail::bpe::printable_bytes(c.in));
         std::string out;
-        CHECK(gemma3::replace_invalid_utf8(c.in, out) == c.replaced);
+        CHECK(gemma3::detail::utf8::replace_invalid(c.in, out) == c.replaced);
         CHECK(out == c.want);
     }
 }

@@ -253,7 +253,6 @@ TEST_CASE("stopping and resuming gives bit-identical losses and weights") {
     }
     // The training learned something: the last evaluation is below the first.
     const auto lines = read_lines(straight / "metrics.jsonl");
-    CHECK(fs::exists(straight / "loss.svg"));
     CHECK(fs::is_symlink(straight / "best"));
 }
 
@@ -277,6 +276,7 @@ TEST_CASE("a kill at any phase of a checkpoint write leaves a checkpoint that re
     const auto reference = fresh_dir("kill_reference");
     REQUIRE(run_train_program(common + " --out-dir " + reference.string()) == 0);
     const auto want = losses(reference);
+    CHECK(fs::exists(reference / "loss.svg"));  // drawn by gemma3-train after each checkpoint
 
     // The second checkpoint is written at iteration 8 (evaluations at 4 and 8); like the first, it
     // falls between two optimizer steps (accumulation 3), so it has a "gradients" phase too.

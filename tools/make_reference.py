@@ -114,7 +114,7 @@ def hf_config(case):
         hidden_activation="gelu_pytorch_tanh",
         attn_logit_softcapping=None,
         final_logit_softcapping=None,
-        pad_token_id=None,  # no padding_idx: the seed has none (spec §10.10)
+        pad_token_id=None,  # no padding_idx: the seed has none (docs/model.md §10.10)
         attn_implementation="eager",
     )
 

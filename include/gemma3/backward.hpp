@@ -1,4 +1,4 @@
-// The backward pass on the CPU: forward.hpp read in reverse (spec §9).
+// The backward pass on the CPU: forward.hpp read in reverse (docs/model.md §9).
 //
 //   head + loss  -> d final_out           (classifier_forward_backward, chunked)
 //   final norm   -> d x_L

@@ -3,9 +3,10 @@
 // Engine (chosen at build time, cmake/gemma3Blas.cmake):
 //  - oneDNN (default, GEMMA3_HAVE_ONEDNN): float and bfloat16 products. oneDNN picks its kernels from
 //    the CPU's features at run time (AVX-512, AVX512_BF16, AMX...), so the speed does not depend on how
-//    OpenBLAS was told to dispatch (OPENBLAS_CORETYPE). On the reference machine its fp32 matmul runs
-//    ~1.9x OpenBLAS's Haswell kernels and its bf16 matmul (AVX512_BF16) twice its fp32 one
-//    (../shared/machine-notes.md). Debian's oneDNN uses OpenMP, so it shares our thread pool.
+//    OpenBLAS was told to dispatch (OPENBLAS_CORETYPE). Its fp32 matmul runs ~2x OpenBLAS's Haswell
+//    kernels on the machines of docs/design.md; its bf16 speed depends on the CPU (twice fp32 on the
+//    AMD Zen 5 machines, half of it on an Intel Xeon with AVX512_BF16 and no AMX, where oneDNN 2.6 has
+//    no fast bf16 kernel). Debian's oneDNN uses OpenMP, so it shares our thread pool.
 //  - CBLAS (OpenBLAS): double always (oneDNN has no f64 matmul on CPUs), float too when oneDNN is off,
 //    and matrix-vector products (one token at a time), which run at memory bandwidth either way.
 // A oneDNN matmul primitive is created once per (shape, transposes, strides, types, alpha, beta) and

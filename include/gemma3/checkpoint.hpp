@@ -125,7 +125,7 @@ template <ModelConfig C>
 ModelConfigFile require_checkpoint_matches(const std::filesystem::path& dir) {
     if (!std::filesystem::is_directory(dir)) {
         throw CheckpointError(dir.string() + ": not a directory (expected a checkpoint directory with config.json and "
-                                             "model.safetensors; for a bare safetensors file use Model::load)");
+                                             "model.safetensors; for a bare safetensors file use load_weights)");
     }
     auto config = checkpoint_model_config(dir);
     try {
@@ -140,29 +140,32 @@ ModelConfigFile require_checkpoint_matches(const std::filesystem::path& dir) {
 // The normal way to load a trained model: a checkpoint directory written by gemma3-train or by
 // transformers' save_pretrained (config.json + model.safetensors). The config is checked against
 // the model's compiled type first (window, layer types, RoPE bases, ... which shapes alone cannot
-// tell), then the weights are read. `Model` is Model<C, Cpu<T>> or Model<C, Cuda>;
-// model.load(file) still reads a bare safetensors file without a config.
+// tell), then the weights are read. `Model` is Model<C, Cpu<T>> or Model<C, Cuda> (whose load()
+// also uploads them); load_weights(file, model.parameters) reads a bare safetensors file without a
+// config.
 template <class Model>
 void load_pretrained(Model& model, const std::filesystem::path& dir) {
     require_checkpoint_matches<typename Model::Config>(dir);
-    model.load(dir / "model.safetensors");
+    if constexpr (requires { model.load(dir); }) {
+        model.load(dir / "model.safetensors");
+    } else {
+        load_weights(dir / "model.safetensors", model.parameters);
+        if constexpr (requires { model.weights_updated(); }) model.weights_updated();  // Cpu<bf16>'s copy
+    }
 }
 
-// Test hook: called with the name of each phase of a checkpoint write ("model", "optimizer",
-// "state", "directory", "link"), before it happens. The trainer's tests use it to kill the process
-// mid-save. Empty by default.
-inline std::function<void(std::string_view phase)>& checkpoint_phase_hook() {
-    static std::function<void(std::string_view)> hook;
-    return hook;
-}
+// Optional observer of a checkpoint write: called with the name of each phase ("model",
+// "optimizer", "gradients", "state", "directory", "link") before it happens (gemma3-train's
+// crash-safety tests kill the process there).
+using CheckpointPhaseObserver = std::function<void(std::string_view phase)>;
 
 template <ModelConfig C, class T>
 void write_checkpoint_files(const std::filesystem::path& dir, const Parameters<C, T>& params, const AdamW<T>& adamw,
                             const TrainerState& state, const ModelConfigFile& model_config,
                             const TrainingConfig& training_config, const Parameters<C, T>* pending_grads,
-                            std::span<const NamedText> extra_files = {}) {
-    const auto hook = [](std::string_view phase) {
-        if (checkpoint_phase_hook()) checkpoint_phase_hook()(phase);
+                            std::span<const NamedText> extra_files = {}, const CheckpointPhaseObserver& on_phase = {}) {
+    const auto hook = [&](std::string_view phase) {
+        if (on_phase) on_phase(phase);
     };
     std::filesystem::create_directories(dir);
     const auto tensors = parameter_tensors<C>();
@@ -239,7 +242,8 @@ std::filesystem::path save_checkpoint(const std::filesystem::path& out_dir, cons
                                       const Parameters<C, T>& params, const AdamW<T>& adamw, const TrainerState& state,
                                       const ModelConfigFile& model_config, const TrainingConfig& training_config,
                                       const Parameters<C, T>* pending_grads = nullptr,
-                                      std::span<const NamedText> extra_files = {}) {
+                                      std::span<const NamedText> extra_files = {},
+                                      const CheckpointPhaseObserver& on_phase = {}) {
     char name[32];
     std::snprintf(name, sizeof name, "iter-%08lld", static_cast<long long>(state.iteration));
     const auto relative = std::filesystem::path("checkpoints") / name;
@@ -254,10 +258,11 @@ std::filesystem::path save_checkpoint(const std::filesystem::path& out_dir, cons
     }
     if (!linked) {
         std::filesystem::remove_all(dir);
-        write_checkpoint_files(dir, params, adamw, state, model_config, training_config, pending_grads, extra_files);
+        write_checkpoint_files(dir, params, adamw, state, model_config, training_config, pending_grads, extra_files,
+                               on_phase);
         detail::fsync_directory(dir.parent_path());
     }
-    if (checkpoint_phase_hook()) checkpoint_phase_hook()("link");
+    if (on_phase) on_phase("link");
     detail::replace_symlink(out_dir / link_name, relative);
     return dir;
 }

@@ -642,7 +642,7 @@ inline TrainingConfig parse_training_config(const json& j, std::string_view sour
     if (!eval_batches) result.eval_batches = result.eval_iters;
 
     TrainingConfig& t = result;
-    // Spec §8.5: with eta_min above the base rate, CosineAnnealingLR anneals upward.
+    // docs/model.md §8.5: with eta_min above the base rate, CosineAnnealingLR anneals upward.
     if (t.min_lr > t.learning_rate) {
         t.warnings.push_back(
             t.source + ": field \"min_lr\": value " + number_text(t.min_lr) + " is greater than learning_rate (" +
@@ -720,7 +720,7 @@ inline void check_compatible(const ModelConfigFile& model, const TrainingConfig&
     if (!problems.empty()) throw ConfigError(std::move(problems));
 }
 
-// Observations about the pair that are not errors (spec §10.5).
+// Observations about the pair that are not errors (docs/model.md §10.5).
 inline std::vector<std::string> compatibility_warnings(const ModelConfigFile& model, const TrainingConfig& training) {
     std::vector<std::string> warnings;
     const bool has_sliding =

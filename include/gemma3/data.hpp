@@ -1,4 +1,4 @@
-// Training data in the seed's format, and its batch sampler (spec §8.1-8.2).
+// Training data in the seed's format, and its batch sampler (docs/model.md §8.1-8.2).
 //
 // A token file is a flat, headerless array of little-endian token ids: uint16 when the vocabulary
 // fits (<= 65,536 ids, GPT-2's 50,257 does), uint32 otherwise. The seed's files are `train.bin` and

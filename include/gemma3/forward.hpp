@@ -1,4 +1,4 @@
-// The Gemma 3 forward pass on the CPU, top to bottom (spec §3).
+// The Gemma 3 forward pass on the CPU, top to bottom (docs/model.md §3).
 //
 //   x = embed(tokens) * sqrt(D)
 //   for each block l:

@@ -2,13 +2,16 @@
 //
 //   #include <gemma3/model.hpp>
 //   gemma3::Model<gemma3::configs::Gemma3_270M, gemma3::Cpu<float>> model;
-//   model.init(gemma3::InitScheme::hf, 0.02, /*seed=*/1);       // or model.load("model.safetensors")
+//   model.init(gemma3::InitScheme::hf, 0.02, /*seed=*/1);       // or, with <gemma3/weights_io.hpp>,
+//   gemma3::load_weights("model.safetensors", model.parameters); // Hugging Face tensor names
 //   auto logits = model.forward(tokens, batch, seq);              // [batch*seq, vocab], row-major
 //
 // The config type fixes every shape at compile time (configs.hpp); the back end fixes where and in
 // which precision the model runs. Cpu<float> and Cpu<double> are the Eigen/BLAS reference;
 // Cpu<bf16> is mixed precision: fp32 weights, activations and gradients, matrix products with bf16
 // inputs and fp32 accumulation (ops/linear.hpp), from a bf16 copy of the weights.
+// This header is the model and its math only: weights, checkpoints and configs are read and written
+// by weights_io.hpp, checkpoint.hpp and config_file.hpp.
 #pragma once
 
 #include "activations.hpp"
@@ -18,7 +21,6 @@
 #include "forward.hpp"
 #include "parameters.hpp"
 #include "tensor.hpp"
-#include "weights_io.hpp"
 
 #include <cstdint>
 #include <optional>
@@ -79,14 +81,8 @@ public:
         weights_updated();
     }
 
-    // Weights from a safetensors file with Hugging Face's tensor names (see weights_io.hpp).
-    void load(const std::filesystem::path& safetensors_path) {
-        load_weights(safetensors_path, parameters);
-        weights_updated();
-    }
-
-    // Call after changing `parameters` other than through init() or load() (an optimizer step, a
-    // checkpoint): Cpu<bf16> then rounds its bf16 copy afresh before the next pass. A no-op otherwise.
+    // Call after changing `parameters` other than through init() (loading weights, an optimizer step,
+    // a checkpoint): Cpu<bf16> then rounds its bf16 copy afresh before the next pass. A no-op otherwise.
     void weights_updated() { compute_copy_stale_ = true; }
 
     // Logits [batch*seq, vocab] for `batch` sequences of `seq` tokens each, stored batch-major in

@@ -1,5 +1,5 @@
 // AdamW, global-norm gradient clipping and the seed's learning-rate schedule, with PyTorch's
-// semantics (spec §8.4-8.6). All three work on the flat parameter / gradient buffers.
+// semantics (docs/model.md §8.4-8.6). All three work on the flat parameter / gradient buffers.
 #pragma once
 
 #include <algorithm>

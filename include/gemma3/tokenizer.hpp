@@ -46,6 +46,7 @@
 #endif
 #include <pcre2.h>
 
+#include "detail/utf8.hpp"
 #include "json_read.hpp"
 
 #include <nlohmann/json.hpp>
@@ -134,51 +135,9 @@ inline bool equal_bytes(const char* a, const char* b, std::size_t n) {
     return true;
 }
 
-// Length of the longest prefix of `text` that is valid UTF-8 — the same rule as Rust's
-// `str::from_utf8` (`Utf8Error::valid_up_to`): no overlong forms, no surrogates, nothing above
-// U+10FFFF, no truncated sequences. This decides where tiktoken's byte path stops splitting.
-inline std::size_t utf8_valid_prefix(std::string_view text) {
-    const auto* s = reinterpret_cast<const unsigned char*>(text.data());
-    const std::size_t n = text.size();
-    std::size_t i = 0;
-    while (i < n) {
-        // Skip ASCII eight bytes at a time.
-        if (i + 8 <= n) {
-            std::uint64_t word;
-            std::memcpy(&word, s + i, 8);
-            if ((word & 0x8080808080808080ull) == 0) {
-                i += 8;
-                continue;
-            }
-        }
-        const unsigned char c = s[i];
-        if (c < 0x80) {
-            ++i;
-            continue;
-        }
-        std::size_t length;
-        unsigned char lo = 0x80, hi = 0xBF;  // allowed range of the second byte
-        if (c >= 0xC2 && c <= 0xDF) {
-            length = 2;
-        } else if (c >= 0xE0 && c <= 0xEF) {
-            length = 3;
-            if (c == 0xE0) lo = 0xA0;  // no overlong 3-byte forms
-            if (c == 0xED) hi = 0x9F;  // no surrogates
-        } else if (c >= 0xF0 && c <= 0xF4) {
-            length = 4;
-            if (c == 0xF0) lo = 0x90;  // no overlong 4-byte forms
-            if (c == 0xF4) hi = 0x8F;  // nothing above U+10FFFF
-        } else {
-            return i;
-        }
-        if (i + 1 >= n || s[i + 1] < lo || s[i + 1] > hi) return i;
-        for (std::size_t k = 2; k < length; ++k) {
-            if (i + k >= n || (s[i + k] & 0xC0) != 0x80) return i;
-        }
-        i += length;
-    }
-    return n;
-}
+// The UTF-8 rules (detail/utf8.hpp), under the names this file uses.
+using utf8::next_code_point;
+inline std::size_t utf8_valid_prefix(std::string_view text) { return utf8::valid_prefix(text); }
 
 // Strict standard base64 (RFC 4648 alphabet, '=' padding only at the end). Returns false on
 // any other character, a bad length or bad padding.
@@ -243,23 +202,6 @@ struct ByteUnicodeMap {
         return byte_of_code_point[static_cast<std::size_t>(code_point)];
     }
 };
-
-// Decodes one UTF-8 code point at `pos` (advancing it); -1 on malformed input.
-inline long next_code_point(std::string_view s, std::size_t& pos) {
-    const std::size_t valid = utf8_valid_prefix(s.substr(pos, std::min<std::size_t>(4, s.size() - pos)));
-    if (valid == 0) return -1;
-    const auto* p = reinterpret_cast<const unsigned char*>(s.data() + pos);
-    long cp;
-    std::size_t length;
-    if (p[0] < 0x80) { cp = p[0]; length = 1; }
-    else if (p[0] < 0xE0) { cp = p[0] & 0x1F; length = 2; }
-    else if (p[0] < 0xF0) { cp = p[0] & 0x0F; length = 3; }
-    else { cp = p[0] & 0x07; length = 4; }
-    if (length > valid) return -1;
-    for (std::size_t k = 1; k < length; ++k) cp = (cp << 6) | (p[k] & 0x3F);
-    pos += length;
-    return cp;
-}
 
 inline std::string read_whole_file(const std::filesystem::path& path, std::string_view what) {
     std::ifstream in(path, std::ios::binary);

@@ -1,4 +1,4 @@
-// The training loop of the seed (spec §8), on any back end with an engine (CpuEngine below;
+// The training loop of the seed (docs/model.md §8), on any back end with an engine (CpuEngine below;
 // cuda::TrainerEngine in cuda/trainer_engine.cuh).
 //
 //   for e in [start, max_iters):
@@ -9,8 +9,9 @@
 //   finally: evaluate and save `latest`
 //
 // Everything a run needs to continue exactly is in its checkpoints (checkpoint.hpp), so a run
-// stopped at any iteration and resumed gives bit-identical losses. Progress goes to a live line,
-// <out>/metrics.jsonl and <out>/loss.svg.
+// stopped at any iteration and resumed gives bit-identical losses. Progress goes to a live line and
+// <out>/metrics.jsonl; observers in TrainOptions let a program add more (gemma3-train draws
+// <out>/loss.svg from the loss curves after each checkpoint).
 //
 // Graceful stop (TrainOptions::stop_request, set by the handler of install_stop_on_signals()):
 // once the flag is set, the loop finishes the optimizer step under way, saves `latest` and returns
@@ -43,7 +44,6 @@
 #include "distributed.hpp"
 #include "footprint.hpp"
 #include "json_read.hpp"
-#include "loss_plot.hpp"
 #include "model.hpp"
 #include "optimizer.hpp"
 
@@ -96,6 +96,18 @@ struct DataParallelOptions {
     bool zero1 = false;              // shard AdamW's moments across the ranks (ZeRO stage 1)
 };
 
+// The losses of a run so far, for plotting: every iteration's micro-batch loss and the evaluations.
+struct LossPoint {
+    std::int64_t iteration;
+    double loss;
+};
+
+struct LossCurves {
+    std::vector<LossPoint> train;
+    std::vector<LossPoint> eval_train;
+    std::vector<LossPoint> eval_val;
+};
+
 struct TrainOptions {
     std::filesystem::path data_dir = "data";
     std::filesystem::path out_dir = "out";
@@ -107,12 +119,16 @@ struct TrainOptions {
     bool live_line = ::isatty(STDOUT_FILENO) != 0;
     std::ostream* log = &std::cout;
     DataParallelOptions parallel;
-    std::function<void(std::int64_t iteration)> before_iteration;  // test hook: fault injection
     // Non-zero (a signal number): stop after the current optimizer step, with a checkpoint.
     const volatile std::sig_atomic_t* stop_request = nullptr;
     // Written into every checkpoint directory besides the model and the training state; e.g. the
     // tokenizer files of hf_tokenizer_files() so transformers loads a tokenizer from it too.
     std::vector<NamedText> checkpoint_files;
+    // Optional observers. gemma3-train uses them to draw the loss curve and, in its crash-safety
+    // tests, to kill the process at a chosen point.
+    std::function<void(std::int64_t iteration)> before_iteration;  // every rank, before each iteration
+    CheckpointPhaseObserver checkpoint_phase;                      // rank 0, each phase of a checkpoint write
+    std::function<void(const LossCurves&)> after_checkpoint;       // rank 0, the curves so far, after each checkpoint
 };
 
 namespace detail {
@@ -401,10 +417,11 @@ public:
             if (!lead) return;
             const Parameters<C, T>* pending = mid_accumulation ? &engine_->gradients() : nullptr;
             const auto dir = save_checkpoint(options_.out_dir, "latest", engine_->parameters(), plan_.zero1 ? gathered : adamw,
-                                             state, model_config_, config_, pending, options_.checkpoint_files);
+                                             state, model_config_, config_, pending, options_.checkpoint_files,
+                                             options_.checkpoint_phase);
             if (best) detail::replace_symlink(options_.out_dir / "best", std::filesystem::relative(dir, options_.out_dir));
             remove_unlinked_checkpoints(options_.out_dir);
-            write_plot();
+            if (options_.after_checkpoint) options_.after_checkpoint(curves_);
         };
         // A collective, timed (the time includes waiting for the slowest rank).
         const auto collective = [&](auto&& call) {
@@ -756,12 +773,6 @@ private:
             }
         }
         write_file_atomically(metrics_path(), [&](std::ostream& out) { out << kept; });
-    }
-
-    void write_plot() const {
-        write_file_atomically(options_.out_dir / "loss.svg", [&](std::ostream& out) {
-            out << loss_curve_svg(curves_, std::string(config_name<C>()) + " training loss");
-        });
     }
 
     [[noreturn]] void fail_non_finite(std::int64_t e, const char* what, double value, const Parameters<C, T>& tensors,

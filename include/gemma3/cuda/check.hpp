@@ -3,7 +3,8 @@
 // A translation unit that includes any gemma3/cuda header is built for exactly one backend:
 //  - by nvcc (__CUDACC__ defined): the real CUDA runtime, cuda_bf16.h and cuBLASLt;
 //  - by the host compiler with GEMMA3_CUDA_EMULATION defined: the CPU emulator
-//    (gemma3/cuda/emulator.hpp), which defines the same names.
+//    (tests/cuda/emulator/cuda_emulator.hpp, test support on the include path of the CMake target
+//    gemma3::cuda_emulation, not installed), which defines the same names.
 // Everything backend-specific that gemma3 defines lives in the inline namespace
 // gemma3::cuda::GEMMA3_CUDA_BACKEND (`device` or `emulated`), opened with
 // GEMMA3_CUDA_NAMESPACE_BEGIN / _END. Kernel headers must use these macros too: the namespace gives
@@ -26,7 +27,7 @@
 #define GEMMA3_CUDA_BACKEND_NAME "device"
 #define GEMMA3_CUDA_IS_EMULATED 0
 #elif defined(GEMMA3_CUDA_EMULATION)
-#include <gemma3/cuda/emulator.hpp>
+#include <cuda_emulator.hpp>
 #define GEMMA3_CUDA_BACKEND emulated
 #define GEMMA3_CUDA_BACKEND_NAME "emulated"
 #define GEMMA3_CUDA_IS_EMULATED 1

@@ -8,7 +8,7 @@
 //   gemma3::cuda::Gradients<Config> grads;            // fp32, ParameterLayout order, on the device
 //   double loss = model.forward_backward(x, y, batch, seq, grads, 1.0 / 32);
 //
-// Precision (spec §3.7, §10.2): bf16 weights (the compute copy) and bf16 activations wherever they
+// Precision (docs/model.md §3.7, §10.2): bf16 weights (the compute copy) and bf16 activations wherever they
 // feed a matrix product; fp32 accumulation in every product (cuBLASLt compute type 32F) and in
 // every reduction (norm statistics, softmax, loss in double). The residual stream and its gradient
 // stay fp32 ([tokens, emb_dim], two buffers per block): adding small branch outputs to a stream of
@@ -31,6 +31,7 @@
 #endif
 
 #include <gemma3/model.hpp>
+#include <gemma3/weights_io.hpp>
 
 #include <gemma3/cuda/blas_lt.hpp>
 #include <gemma3/cuda/ops/attention.cuh>
@@ -269,7 +270,7 @@ private:
         bool flash = false;
     };
 
-    // sqrt(emb_dim) in fp32, as the CPU model rounds it (spec §3.1).
+    // sqrt(emb_dim) in fp32, as the CPU model rounds it (docs/model.md §3.1).
     static float embedding_scale() { return static_cast<float>(std::sqrt(static_cast<double>(Dims::model))); }
 
     bool use_flash(Index batch, Index seq, Mode mode) const {

@@ -13,7 +13,7 @@
 //   resume:     state.upload(model.parameters, adamw);
 //
 // Why fp32 gradients (not bf16): the seed accumulates 32 micro-batches per step; in bf16 each
-// addition would round to 8 significant bits, so small contributions vanish (spec §10.2). The
+// addition would round to 8 significant bits, so small contributions vanish (docs/model.md §10.2). The
 // weight-gradient products write fp32 directly (cuBLASLt bf16 inputs, fp32 output, beta = 1), so
 // accumulating in fp32 costs nothing in time, and 4 bytes x 165M parameters = 0.66 GB is small next
 // to the activations. fp32 also makes the all-reduce exact up to summation order.

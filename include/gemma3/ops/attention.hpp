@@ -1,6 +1,6 @@
 // Causal / sliding-window attention with grouped (or multi-) query heads.
 //
-// Spec §3.4 steps 5-7 and §4; backward §9.6-9.7. Inputs are the rotated queries [tokens, heads*head_dim]
+// docs/model.md §3.4 steps 5-7 and §4; backward §9.6-9.7. Inputs are the rotated queries [tokens, heads*head_dim]
 // and keys/values [tokens, kv_heads*head_dim], tokens ordered batch-major (row b*seq + t). Query head
 // h reads key/value head h / (heads / kv_heads). Query i sees keys j with i - window < j <= i
 // (window = 0: every j <= i). Scores are scaled by `scale` = query_pre_attn_scalar^-0.5.
@@ -13,26 +13,13 @@
 
 #include "../blas.hpp"
 #include "../tensor.hpp"
+#include "attention_shape.hpp"
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
 
 namespace gemma3 {
-
-struct AttentionShape {
-    Index batch = 0;
-    Index seq = 0;
-    Index heads = 0;
-    Index kv_heads = 0;
-    Index head_dim = 0;
-    Index window = 0;  // 0 = full causal attention
-    double scale = 1;
-
-    Index heads_per_kv() const { return heads / kv_heads; }
-    // Keys visible to query i are [first_key(i), i].
-    Index first_key(Index i) const { return window > 0 ? std::max<Index>(0, i - window + 1) : 0; }
-};
 
 namespace detail {
 inline constexpr Index attention_tile = 64;  // query rows per tile

@@ -1,6 +1,6 @@
 // Token embedding: out[n, :] = table[token[n], :] * scale, with scale = sqrt(emb_dim) in Gemma.
 //
-// Spec §3.1. The scale is applied in the compute type: 25.298221... in fp32/fp64 (HF rounds it to
+// docs/model.md §3.1. The scale is applied in the compute type: 25.298221... in fp32/fp64 (HF rounds it to
 // 25.25 only when the weights themselves are bf16).
 #pragma once
 

@@ -1,6 +1,6 @@
 // GeGLU: z = gelu_tanh(gate) * up, the gate being the projection that passes through GELU.
 //
-// Spec §3.5 and §9.5. gelu_tanh(x) = 0.5 x (1 + tanh(c (x + 0.044715 x^3))), c = sqrt(2/pi): PyTorch's
+// docs/model.md §3.5 and §9.5. gelu_tanh(x) = 0.5 x (1 + tanh(c (x + 0.044715 x^3))), c = sqrt(2/pi): PyTorch's
 // gelu(approximate="tanh"), HF's "gelu_pytorch_tanh".
 #pragma once
 

@@ -1,6 +1,6 @@
 // Bias-free linear layer with PyTorch's weight layout [out, in]: y = x W^T.
 //
-// Spec §1: every projection of Gemma 3 is one of these. Backward: dx = dy W, dW += dy^T x.
+// docs/model.md §1: every projection of Gemma 3 is one of these. Backward: dx = dy W, dW += dy^T x.
 //
 // Precision. In float and double the products are plain gemm() calls. Mixed precision
 // (Model<C, Cpu<bf16>>) lives here, at the products, so the passes in forward.hpp and backward.hpp stay

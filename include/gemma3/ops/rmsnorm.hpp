@@ -1,6 +1,6 @@
 // Gemma RMSNorm over the rows of a matrix: y = x * r * (1 + w), r = 1 / sqrt(mean(x^2) + eps).
 //
-// Spec §3.2 (forward) and §9.3 (backward). The learned weight is stored zero-centred, so a freshly
+// docs/model.md §3.2 (forward) and §9.3 (backward). The learned weight is stored zero-centred, so a freshly
 // initialised norm (w = 0) is the identity scale. Used for the four norms of every block and the
 // final norm (rows of emb_dim), and for the q/k norms (rows of head_dim, one weight shared by all
 // heads and positions: the callers pass each head's column block of the fused q/k/v projection,

@@ -1,6 +1,6 @@
 // Rotary position embedding, split-half ("rotate_half") convention.
 //
-// Spec §5: for position p and pair d < head_dim/2, a = p * theta^(-2d/head_dim) and
+// docs/model.md §5: for position p and pair d < head_dim/2, a = p * theta^(-2d/head_dim) and
 //   out[d]        = x[d] cos a - x[d + half] sin a
 //   out[d + half] = x[d + half] cos a + x[d] sin a.
 // The backward pass is the rotation by -a (§9.8). Angles are computed in double and rounded once to

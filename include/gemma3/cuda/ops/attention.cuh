@@ -1,5 +1,5 @@
 // Causal / sliding-window attention with grouped (or multi-) query heads on the device. The twin of
-// include/gemma3/ops/attention.hpp (spec §3.4 steps 5-7, §4; backward §9.6-9.7).
+// include/gemma3/ops/attention.hpp (docs/model.md §3.4 steps 5-7, §4; backward §9.6-9.7).
 //
 // Layout as on the CPU: q [tokens, heads * head_dim], k and v [tokens, kv_heads * head_dim] (any
 // leading dimensions, so k and v can be read inside the fused q/k/v projection), tokens batch-major.
@@ -24,28 +24,13 @@
 #include "common.cuh"
 
 #include <gemma3/cuda/blas_lt.hpp>
+#include <gemma3/ops/attention_shape.hpp>
 
 #include <cmath>
 
 GEMMA3_CUDA_NAMESPACE_BEGIN
 
-struct AttentionShape {
-    int batch = 0;
-    int seq = 0;
-    int heads = 0;
-    int kv_heads = 0;
-    int head_dim = 0;
-    int window = 0;  // 0 = full causal attention
-    float scale = 1.0f;
-
-    int heads_per_kv() const { return heads / kv_heads; }
-    std::int64_t tokens() const { return static_cast<std::int64_t>(batch) * seq; }
-    // Elements of one [batch, heads, seq, seq] score or probability tensor.
-    std::size_t score_elements() const {
-        return static_cast<std::size_t>(batch) * static_cast<std::size_t>(heads) * static_cast<std::size_t>(seq) *
-               static_cast<std::size_t>(seq);
-    }
-};
+using ::gemma3::AttentionShape;  // one shape for the CPU op and this twin (ops/attention_shape.hpp)
 
 namespace kernels {
 
@@ -235,6 +220,8 @@ inline void check_attention(const AttentionShape& a, const char* op) {
             "batch, seq, heads, kv_heads and head_dim must be positive and window non-negative");
     require(a.heads % a.kv_heads == 0, op,
             "heads (" + std::to_string(a.heads) + ") must be a multiple of kv_heads (" + std::to_string(a.kv_heads) + ")");
+    require(a.seq <= INT32_MAX && a.window <= INT32_MAX && a.heads <= INT32_MAX && a.head_dim <= INT32_MAX, op,
+            "seq, window, heads and head_dim must fit the kernels' 32-bit indices");
 }
 
 template <class T>
@@ -254,7 +241,7 @@ inline void attention_forward(Gemm& gemm, const Stream& stream, const AttentionS
     if (a.batch == 0) return;
     const std::int64_t t = a.seq, dh = a.head_dim, tt = t * t, head_stride = static_cast<std::int64_t>(a.heads) * tt;
     for (int h = 0; h < a.heads; ++h) {
-        const int g = h / a.heads_per_kv();
+        const int g = static_cast<int>(h / a.heads_per_kv());
         gemm.multiply_strided_batched(stream, a.batch, per_sequence<const bf16>(q + h * dh, t, dh, q_ld, t * q_ld), Op::none,
                                       per_sequence<const bf16>(k + g * dh, t, dh, k_ld, t * k_ld), Op::transpose,
                                       per_sequence<float>(scores + h * tt, t, t, t, head_stride), a.scale, 0.0f);
@@ -263,7 +250,7 @@ inline void attention_forward(Gemm& gemm, const Stream& stream, const AttentionS
     launch(kernels::masked_softmax_forward_kernel<>, blocks_for(rows, kernels::softmax_threads / 32, INT32_MAX),
            kernels::softmax_threads, 0, stream, static_cast<const float*>(scores), probs, rows, a.seq, a.window);
     for (int h = 0; h < a.heads; ++h) {
-        const int g = h / a.heads_per_kv();
+        const int g = static_cast<int>(h / a.heads_per_kv());
         gemm.multiply_strided_batched(stream, a.batch, per_sequence<const bf16>(probs + h * tt, t, t, t, head_stride), Op::none,
                                       per_sequence<const bf16>(v + g * dh, t, dh, v_ld, t * v_ld), Op::none,
                                       per_sequence<bf16>(out + h * dh, t, dh, out_ld, t * out_ld));
@@ -283,7 +270,7 @@ inline void attention_backward(Gemm& gemm, const Stream& stream, const Attention
     if (a.batch == 0) return;
     const std::int64_t t = a.seq, dh = a.head_dim, tt = t * t, head_stride = static_cast<std::int64_t>(a.heads) * tt;
     for (int h = 0; h < a.heads; ++h) {  // dP = dO v^T
-        const int g = h / a.heads_per_kv();
+        const int g = static_cast<int>(h / a.heads_per_kv());
         gemm.multiply_strided_batched(stream, a.batch, per_sequence<const bf16>(d_out + h * dh, t, dh, d_out_ld, t * d_out_ld),
                                       Op::none, per_sequence<const bf16>(v + g * dh, t, dh, v_ld, t * v_ld), Op::transpose,
                                       per_sequence<float>(d_probs + h * tt, t, t, t, head_stride));
@@ -292,7 +279,7 @@ inline void attention_backward(Gemm& gemm, const Stream& stream, const Attention
     launch(kernels::masked_softmax_backward_kernel<>, blocks_for(rows, kernels::softmax_threads / 32, INT32_MAX),
            kernels::softmax_threads, 0, stream, probs, static_cast<const float*>(d_probs), d_scores, rows, a.seq);
     for (int h = 0; h < a.heads; ++h) {
-        const int g = h / a.heads_per_kv();
+        const int g = static_cast<int>(h / a.heads_per_kv());
         const float beta = h % a.heads_per_kv() == 0 ? 0.0f : 1.0f;  // the group's first head overwrites
         const auto ds = per_sequence<const bf16>(d_scores + h * tt, t, t, t, head_stride);
         // dq = scale dS k;  dk (+)= scale dS^T q;  dv (+)= P^T dO

@@ -1,5 +1,5 @@
 // Output head fused with softmax cross-entropy and its gradient, chunked over rows, on the device.
-// The twin of include/gemma3/ops/cross_entropy.hpp (spec §3.6, §9.1-9.2).
+// The twin of include/gemma3/ops/cross_entropy.hpp (docs/model.md §3.6, §9.1-9.2).
 //
 // For each chunk of rows: logits = h W^T (cuBLASLt, fp32 output), then one block per row finds the
 // row's max and sum of exponentials in a single pass (an online softmax: per-thread running

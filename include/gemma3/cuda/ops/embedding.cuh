@@ -1,5 +1,5 @@
 // Token embedding on the device: out[n, :] = table[token[n], :] * scale, and its scatter-add
-// backward. The twin of include/gemma3/ops/embedding.hpp (spec §3.1, §9.9).
+// backward. The twin of include/gemma3/ops/embedding.hpp (docs/model.md §3.1, §9.9).
 //
 // The output is the fp32 residual stream; the table is the bf16 compute copy. Token ids are checked
 // on the host (check_token_ids) before they are uploaded, so the kernels index without checks.

@@ -1,5 +1,5 @@
 // GeGLU on the device: z = gelu_tanh(gate) * up, and its backward. The twin of
-// include/gemma3/ops/geglu.hpp (spec §3.5, §9.5).
+// include/gemma3/ops/geglu.hpp (docs/model.md §3.5, §9.5).
 //
 // gate and up are the two halves of one [tokens, 2F] product (the fused gate/up projection), so one
 // thread reads a run of gate, the matching run of up (16-byte loads where aligned), and writes a run

@@ -1,5 +1,5 @@
 // Bias-free linear layer on the device, PyTorch's weight layout [out, in]: y = x W^T. The twin of
-// include/gemma3/ops/linear.hpp (spec §1).
+// include/gemma3/ops/linear.hpp (docs/model.md §1).
 //
 // Both products go to cuBLASLt through gemma3::cuda::Gemm (bf16 operands, fp32 accumulation,
 // algorithm cached per shape). Outputs are bf16 when the next consumer is another product, fp32

@@ -1,12 +1,12 @@
 // Gemma RMSNorm on the device: y = x * r * (1 + w), r = 1 / sqrt(mean(x^2) + eps), and its backward.
-// The twin of include/gemma3/ops/rmsnorm.hpp (spec §3.2, §9.3).
+// The twin of include/gemma3/ops/rmsnorm.hpp (docs/model.md §3.2, §9.3).
 //
 // Rows: the four block norms and the final norm run over rows of emb_dim; the q/k norms over rows of
 // head_dim, one per (token, head), read in place inside the [tokens, q + 2 kv] projection output.
 // HeadRows describes both: row r is head r % heads of token r / heads, at
 // data + (r / heads) * ld + (r % heads) * cols.
 //
-// Fusions (the residual adds of the block, spec §3.3): the forward can add an fp32 residual to its
+// Fusions (the residual adds of the block, docs/model.md §3.3): the forward can add an fp32 residual to its
 // output (x_out = residual + norm(branch)); the backward can add an fp32 gradient to its dx
 // (d x_in = d x_out + norm'(...)). Statistics are fp32; one warp owns a row, so the row's sum of
 // squares is a warp reduction, with 16-byte loads where the pointers allow.

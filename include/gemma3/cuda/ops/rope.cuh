@@ -1,5 +1,5 @@
 // Rotary position embedding on the device, split-half convention, and its backward (the rotation
-// by -angle). The twin of include/gemma3/ops/rope.hpp (spec §5, §9.8).
+// by -angle). The twin of include/gemma3/ops/rope.hpp (docs/model.md §5, §9.8).
 //
 // The cos/sin tables are the CPU's RopeTable values (angles evaluated in double, rounded once to
 // fp32), uploaded once per base: DeviceRopeTable. Row i of the [tokens, heads * head_dim] input is

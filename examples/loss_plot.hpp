@@ -1,7 +1,9 @@
 // A loss-curve picture as SVG: per-iteration training loss (raw and smoothed) and the evaluation
 // points of train and validation loss. SVG is plain text, so a few lines of our own replace a
-// plotting dependency (Debian has no small C++ plotting library).
+// plotting dependency (Debian has no small C++ plotting library). Used by gemma3-train, not installed.
 #pragma once
+
+#include <gemma3/trainer.hpp>  // LossCurves
 
 #include <algorithm>
 #include <cmath>
@@ -13,17 +15,6 @@
 #include <vector>
 
 namespace gemma3 {
-
-struct LossPoint {
-    std::int64_t iteration;
-    double loss;
-};
-
-struct LossCurves {
-    std::vector<LossPoint> train;       // every iteration's micro-batch loss
-    std::vector<LossPoint> eval_train;  // evaluations
-    std::vector<LossPoint> eval_val;
-};
 
 inline std::string loss_curve_svg(const LossCurves& c, const std::string& title) {
     const double width = 800, height = 480, left = 70, right = 20, top = 40, bottom = 50;

@@ -58,10 +58,10 @@
 // (nanoseconds) are; `force` re-prepares regardless.
 #pragma once
 
-#include "data.hpp"
-#include "file_io.hpp"
-#include "json_read.hpp"
-#include "tokenizer.hpp"
+#include <gemma3/data.hpp>
+#include <gemma3/file_io.hpp>
+#include <gemma3/json_read.hpp>
+#include <gemma3/tokenizer.hpp>
 
 #include <nlohmann/json.hpp>
 
@@ -187,49 +187,6 @@ inline std::size_t next_safe_cut(std::string_view text, std::size_t from) {
         if (p >= 2 && s[p - 1] == '\n' && ascii_non_space(s[p]) && ascii_non_space(s[p - 2])) return p;  // rule A
     }
     return std::string_view::npos;
-}
-
-// Length of the maximal invalid subsequence at text[i] (text[i] starts no valid character):
-// a lead byte followed by as many continuation bytes as are still allowed for it, or one byte.
-// (Unicode 15, §3.9 "U+FFFD substitution of maximal subparts".)
-inline std::size_t invalid_utf8_length(std::string_view text, std::size_t i) {
-    const auto* s = reinterpret_cast<const unsigned char*>(text.data());
-    const unsigned char c = s[i];
-    std::size_t length;
-    unsigned char lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF) {
-        length = 2;
-    } else if (c >= 0xE0 && c <= 0xEF) {
-        length = 3;
-        if (c == 0xE0) lo = 0xA0;
-        if (c == 0xED) hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        length = 4;
-        if (c == 0xF0) lo = 0x90;
-        if (c == 0xF4) hi = 0x8F;
-    } else {
-        return 1;
-    }
-    std::size_t j = i + 1;
-    if (j >= text.size() || s[j] < lo || s[j] > hi) return 1;
-    ++j;
-    while (j < i + length && j < text.size() && (s[j] & 0xC0) == 0x80) ++j;
-    return j - i;
-}
-
-// Appends `text` to `out` with every maximal invalid UTF-8 subsequence replaced by U+FFFD;
-// returns how many were replaced.
-inline std::uint64_t replace_invalid_utf8(std::string_view text, std::string& out) {
-    std::uint64_t replaced = 0;
-    while (!text.empty()) {
-        const std::size_t valid = detail::bpe::utf8_valid_prefix(text);
-        out.append(text.substr(0, valid));
-        if (valid == text.size()) break;
-        out.append("\xEF\xBF\xBD");
-        ++replaced;
-        text.remove_prefix(valid + invalid_utf8_length(text, valid));
-    }
-    return replaced;
 }
 
 // The validation fraction in millionths, checked: 0 < f < 1.
@@ -661,7 +618,7 @@ inline PrepareResult prepare_corpus(const PrepareOptions& options) {
                     "'. Fix the file, or pass --replace-invalid-utf8 to replace invalid sequences with U+FFFD");
             }
             repaired.reserve(text.size() + 16);
-            out.replaced = replace_invalid_utf8(text, repaired);
+            out.replaced = detail::utf8::replace_invalid(text, repaired);
             clean = repaired;
         }
         for (std::size_t at = clean.find(Tokenizer::eot_text); at != std::string_view::npos;

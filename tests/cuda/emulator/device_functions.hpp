@@ -322,7 +322,7 @@ inline unsigned int __brev(unsigned int x) noexcept {
 }  // namespace api
 
 // The fast intrinsics whose names glibc's <math.h> already declares (as internal aliases that are
-// not exported): emulator.hpp maps those names onto these functions with object-like macros.
+// not exported): cuda_emulator.hpp maps those names onto these functions with object-like macros.
 namespace fast_math {
 inline float exp(float x) noexcept { return std::exp(x); }
 inline float exp10(float x) noexcept { return std::pow(10.0f, x); }

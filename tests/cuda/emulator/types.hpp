@@ -2,7 +2,7 @@
 // them. Only the subset our kernels and our runtime layer use; numeric values of the enumerators
 // are those of the CUDA 13 headers, so a status printed by the emulator reads like the device's.
 //
-// Everything lives in gemma3::cuda::emulator::api, which emulator.hpp makes visible at global
+// Everything lives in gemma3::cuda::emulator::api, which cuda_emulator.hpp makes visible at global
 // scope (as the real headers declare these names). Keeping them out of the global namespace
 // proper gives them different linker names from the real ones, so one program can hold a
 // translation unit built by nvcc and one built for the emulator (see runtime.hpp).

@@ -1,6 +1,7 @@
 // The CPU emulator for CUDA kernels: lets the host compiler build and run the same kernel source
 // that nvcc builds for the device. Include <gemma3/cuda/runtime.hpp> with GEMMA3_CUDA_EMULATION
-// defined rather than this header directly.
+// defined rather than this header directly. Test support, not part of the installed library: the
+// target gemma3::cuda_emulation (cmake/gemma3Cuda.cmake) puts this folder on the include path.
 //
 // What it provides, at global scope as the CUDA headers do:
 //  - the execution-space keywords (__global__, __device__, __host__, __forceinline__,
@@ -8,12 +9,12 @@
 //  - threadIdx, blockIdx, blockDim, gridDim (read-only), warpSize;
 //  - __syncthreads and its _count/_and/_or forms, __syncwarp, __shfl{,_up,_down,_xor}_sync,
 //    __ballot_sync, __any_sync, __all_sync, atomics, __threadfence, math and bit intrinsics
-//    (emulator/device_functions.hpp);
-//  - __nv_bfloat16 / __nv_bfloat162 (emulator/bfloat16.hpp), the vector types (float2, ...);
-//  - the runtime API subset (emulator/runtime_api.hpp) and the cuBLASLt subset
-//    (emulator/cublas_lt.hpp).
+//    (device_functions.hpp);
+//  - __nv_bfloat16 / __nv_bfloat162 (bfloat16.hpp), the vector types (float2, ...);
+//  - the runtime API subset (runtime_api.hpp) and the cuBLASLt subset
+//    (cublas_lt.hpp).
 // How kernels execute (fibers, barriers, shared memory, parallel blocks) is described in
-// emulator/scheduler.hpp.
+// scheduler.hpp.
 //
 // Rules for kernel source that must run in both builds:
 //  - no inline PTX, no `extern __shared__` (use gemma3::cuda::dynamic_shared<T>()), no
@@ -25,7 +26,7 @@
 #pragma once
 
 #if defined(__CUDACC__)
-#error "gemma3/cuda/emulator.hpp is for the host compiler; nvcc builds use the real CUDA headers"
+#error "cuda_emulator.hpp is for the host compiler; nvcc builds use the real CUDA headers"
 #endif
 
 // Every standard header the emulated sources may need comes first: the macros below (notably
@@ -40,12 +41,12 @@
 #include <cstring>
 #include <math.h>
 
-#include "emulator/bfloat16.hpp"
-#include "emulator/cublas_lt.hpp"
-#include "emulator/device_functions.hpp"
-#include "emulator/runtime_api.hpp"
-#include "emulator/scheduler.hpp"
-#include "emulator/types.hpp"
+#include "bfloat16.hpp"
+#include "cublas_lt.hpp"
+#include "device_functions.hpp"
+#include "runtime_api.hpp"
+#include "scheduler.hpp"
+#include "types.hpp"
 
 using namespace ::gemma3::cuda::emulator::api;  // NOLINT: the CUDA names live at global scope
 
