@@ -83,8 +83,8 @@ void block_forward(int layer, const BlockWeights<const T>& w, const RopeTables<T
     }
     rope_forward<T>(q_rot, D::head, positions, table);
     rope_forward<T>(k_rot, D::head, positions, table);
-    attention_forward<T>(as_const(q_rot), as_const(k_rot), v, attention_shape<C, T>(layer, acts.batch, acts.seq),
-                         matrix_view(a.attn.data(), n, D::q), acts.keep_probs ? a.probs.data() : nullptr);
+    flash_attention_forward<T>(as_const(q_rot), as_const(k_rot), v, attention_shape<C, T>(layer, acts.batch, acts.seq),
+                               matrix_view(a.attn.data(), n, D::q), acts.keep_lse ? a.lse.data() : nullptr);
     linear_forward<T>(const_view<T>(a.attn.data(), n, D::q), matrix_view(w.o_proj, D::model, D::q),
                       matrix_view(a.attn_proj.data(), n, D::model));
     // mid = input + post_attention_norm(attn_proj), computed in the mid buffer.
