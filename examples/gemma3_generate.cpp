@@ -11,6 +11,7 @@
 #include <gemma3/tokenizer.hpp>
 
 #include "compiled_configs.hpp"
+#include "find_tokenizer.hpp"
 
 #include <CLI/CLI.hpp>
 
@@ -28,11 +29,12 @@ struct Options {
     std::string checkpoint;
     std::string prompt;
     std::string prompt_ids;
-    std::string tokenizer = "data/gpt2.tiktoken";
+    std::string tokenizer;  // empty: the checkpoint's own, else find_tokenizer.hpp's places
     std::string logits_out;
     int max_new_tokens = 200;
     int num_samples = 1;
     bool no_stop = false;
+    bool print_ids = false;
     gemma3::SamplingSettings sampling{0.8, 0, 1.0, 1234};
 };
 
@@ -56,11 +58,23 @@ std::vector<std::int32_t> parse_ids(const std::string& text) {
     return ids;
 }
 
+// The tokenizer: --tokenizer, else the one saved in the checkpoint (gemma3-train writes GPT-2's
+// vocab.json and merges.txt there), else find_tokenizer.hpp's places.
+std::unique_ptr<gemma3::Tokenizer> load_tokenizer(const Options& o) {
+    const std::filesystem::path dir = o.checkpoint;
+    if (o.tokenizer.empty() && std::filesystem::is_regular_file(dir / "vocab.json") &&
+        std::filesystem::is_regular_file(dir / "merges.txt")) {
+        return std::make_unique<gemma3::Tokenizer>(gemma3::Tokenizer::from_hf_files(dir / "vocab.json", dir / "merges.txt"));
+    }
+    return std::make_unique<gemma3::Tokenizer>(
+        gemma3::Tokenizer::from_tiktoken_file(gemma3::programs::find_tokenizer(o.tokenizer)));
+}
+
 template <class C>
 int run(const Options& o, const gemma3::Tokenizer* tokenizer, std::vector<std::int32_t> prompt) {
     using Model = gemma3::Model<C, gemma3::Cpu<float>>;
     auto model = std::make_unique<Model>();
-    model->load(std::filesystem::path(o.checkpoint) / "model.safetensors");
+    gemma3::load_pretrained(*model, o.checkpoint);  // checks config.json against C, then the weights
 
     if (!o.logits_out.empty()) {  // the prompt's logits, for comparison with another implementation
         const auto logits = model->forward(prompt, 1, static_cast<gemma3::Index>(prompt.size()));
@@ -82,12 +96,12 @@ int run(const Options& o, const gemma3::Tokenizer* tokenizer, std::vector<std::i
         settings.seed += static_cast<std::uint64_t>(sample);
         gemma3::TokenSampler sampler(settings);
         if (o.num_samples > 1) std::cout << "--- sample " << sample + 1 << " ---\n";
-        if (tokenizer) std::cout << tokenizer->decode(prompt) << std::flush;
+        if (tokenizer && !o.print_ids) std::cout << tokenizer->decode(prompt) << std::flush;
         const auto start = std::chrono::steady_clock::now();
         std::chrono::steady_clock::time_point first_token;
         const auto tokens = gemma3::generate(generator, prompt, o.max_new_tokens, sampler, stop, [&](std::int32_t t) {
             if (first_token == std::chrono::steady_clock::time_point{}) first_token = std::chrono::steady_clock::now();
-            if (tokenizer) {
+            if (tokenizer && !o.print_ids) {
                 const auto bytes = tokenizer->token_bytes(t);
                 std::cout.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
             } else {
@@ -114,7 +128,9 @@ int main(int argc, char** argv) {
     app.add_option("--checkpoint", o.checkpoint, "checkpoint directory (gemma3-train or Hugging Face)")->required();
     app.add_option("--prompt", o.prompt, "prompt text");
     app.add_option("--prompt-ids", o.prompt_ids, "prompt as space-separated token ids (instead of --prompt)");
-    app.add_option("--tokenizer", o.tokenizer, "GPT-2 ranks in tiktoken format")->capture_default_str();
+    app.add_option("--tokenizer", o.tokenizer,
+                   "GPT-2 ranks in tiktoken format (default: the checkpoint's vocab.json + merges.txt, else "
+                   "$GEMMA3_TOKENIZER, else gpt2.tiktoken in the data folder of this program's install or checkout)");
     app.add_option("--max-new-tokens", o.max_new_tokens, "tokens to generate")->capture_default_str()->check(CLI::NonNegativeNumber);
     app.add_option("--temperature", o.sampling.temperature, "0 = greedy")->capture_default_str()->check(CLI::NonNegativeNumber);
     app.add_option("--top-k", o.sampling.top_k, "keep the k most likely tokens (0 = all)")->capture_default_str()->check(CLI::NonNegativeNumber);
@@ -122,6 +138,7 @@ int main(int argc, char** argv) {
     app.add_option("--seed", o.sampling.seed, "sampling seed")->capture_default_str();
     app.add_option("--num-samples", o.num_samples, "independent samples")->capture_default_str()->check(CLI::PositiveNumber);
     app.add_flag("--no-stop", o.no_stop, "do not stop at <|endoftext|>");
+    app.add_flag("--ids", o.print_ids, "print the new tokens' ids (space-separated) instead of text");
     app.add_option("--logits-out", o.logits_out, "write the prompt's logits to this safetensors file and exit");
     CLI11_PARSE(app, argc, argv);
 
@@ -136,11 +153,14 @@ int main(int argc, char** argv) {
                 throw std::invalid_argument("the model's vocabulary has " + std::to_string(config.vocab_size) +
                                             " tokens, not GPT-2's 50257: give the prompt as --prompt-ids");
             }
-            tokenizer = std::make_unique<gemma3::Tokenizer>(gemma3::Tokenizer::from_tiktoken_file(o.tokenizer));
+            tokenizer = load_tokenizer(o);
             prompt = tokenizer->encode_ordinary(o.prompt.empty() ? "\n" : o.prompt);
         }
-        if (config.vocab_size == 50257 && !tokenizer && o.logits_out.empty() && std::filesystem::exists(o.tokenizer)) {
-            tokenizer = std::make_unique<gemma3::Tokenizer>(gemma3::Tokenizer::from_tiktoken_file(o.tokenizer));
+        if (config.vocab_size == 50257 && !tokenizer && o.logits_out.empty()) {
+            try {  // to print text as well as ids; without a tokenizer, ids only
+                tokenizer = load_tokenizer(o);
+            } catch (const std::exception&) {
+            }
         }
         if (prompt.empty()) throw std::invalid_argument("the prompt has no tokens");
         int status = 0;

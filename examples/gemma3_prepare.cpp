@@ -7,6 +7,8 @@
 // bar (stderr) and the summary (stdout).
 #include <gemma3/prepare.hpp>
 
+#include "find_tokenizer.hpp"
+
 #include <CLI/CLI.hpp>
 
 #include <unistd.h>
@@ -98,13 +100,14 @@ int main(int argc, char** argv) {
         "Re-running with unchanged inputs and options does nothing (OUT_DIR/prepare.json records them)."};
     gemma3::PrepareOptions options;
     std::vector<std::string> inputs;
-    std::string out_dir, tokenizer = options.tokenizer_path.string();
+    std::string out_dir, tokenizer;
     bool replace_invalid = false, quiet = false;
     app.add_option("inputs", inputs, "text files and directories")->required();
     app.add_option("--out-dir", out_dir, "where train.bin, validation.bin and prepare.json go (created if missing)")
         ->required();
-    app.add_option("--tokenizer", tokenizer, "GPT-2 ranks in tiktoken format (scripts/fetch_tokenizer.sh)")
-        ->capture_default_str();
+    app.add_option("--tokenizer", tokenizer,
+                   "GPT-2 ranks in tiktoken format (scripts/fetch_tokenizer.sh; default: $GEMMA3_TOKENIZER, else "
+                   "gpt2.tiktoken in the data folder of this program's install or checkout)");
     app.add_option("--val-fraction", options.val_fraction,
                    "share of the tokens that goes to validation.bin, strictly between 0 and 1 (gemma3-train needs "
                    "both files). The token stream is cut into chunks of --chunk-tokens tokens and chunk i is "
@@ -133,12 +136,12 @@ int main(int argc, char** argv) {
 
     for (const auto& input : inputs) options.inputs.emplace_back(input);
     options.out_dir = out_dir;
-    options.tokenizer_path = tokenizer;
     options.invalid_utf8 = replace_invalid ? gemma3::InvalidUtf8::replace : gemma3::InvalidUtf8::error;
     ProgressBar bar;
     if (!quiet) options.on_progress = [&](const gemma3::PrepareProgress& p) { bar.update(p); };
 
     try {
+        options.tokenizer_path = gemma3::programs::find_tokenizer(tokenizer);
         const gemma3::PrepareResult r = gemma3::prepare_corpus(options);
         bar.finish();
         const double tokens = static_cast<double>(r.tokens());

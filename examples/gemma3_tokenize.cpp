@@ -8,6 +8,8 @@
 // `--hf-vocab`/`--hf-merges` load Hugging Face's vocab.json + merges.txt instead.
 #include <gemma3/tokenizer.hpp>
 
+#include "find_tokenizer.hpp"
+
 #include <CLI/CLI.hpp>
 
 #include <cstdint>
@@ -53,9 +55,11 @@ int main(int argc, char** argv) {
     CLI::App app{"GPT-2 byte-level BPE (tiktoken-compatible): text <-> token ids"};
     app.require_subcommand(1);
     app.fallthrough();  // options may follow the subcommand: `encode --tokenizer PATH`
-    std::string tiktoken_path = "data/gpt2.tiktoken", hf_vocab, hf_merges;
+    std::string tiktoken_path, hf_vocab, hf_merges;
     bool allow_special = false;
-    app.add_option("--tokenizer", tiktoken_path, "GPT-2 ranks in tiktoken format")->capture_default_str();
+    app.add_option("--tokenizer", tiktoken_path,
+                   "GPT-2 ranks in tiktoken format (default: $GEMMA3_TOKENIZER, else gpt2.tiktoken in the data folder "
+                   "of this program's install or checkout)");
     auto* vocab_option = app.add_option("--hf-vocab", hf_vocab, "Hugging Face vocab.json (with --hf-merges)");
     auto* merges_option = app.add_option("--hf-merges", hf_merges, "Hugging Face merges.txt (with --hf-vocab)");
     vocab_option->needs(merges_option);
@@ -66,7 +70,7 @@ int main(int argc, char** argv) {
     CLI11_PARSE(app, argc, argv);
 
     try {
-        const gemma3::Tokenizer tokenizer = hf_vocab.empty() ? gemma3::Tokenizer::from_tiktoken_file(tiktoken_path)
+        const gemma3::Tokenizer tokenizer = hf_vocab.empty() ? gemma3::Tokenizer::from_tiktoken_file(gemma3::programs::find_tokenizer(tiktoken_path))
                                                              : gemma3::Tokenizer::from_hf_files(hf_vocab, hf_merges);
         const std::string input = read_stdin();
         if (encode->parsed()) {

@@ -6,14 +6,21 @@
 //   build/bin/gemma3-train ... --resume            # continue from <out-dir>/latest
 //   mpirun -np 2 build/bin/gemma3-train ...        # data-parallel over 2 processes (MPI)
 //
+// Ctrl-C (SIGINT) or SIGTERM: the run finishes the optimizer step under way, saves a checkpoint and
+// exits with 128 + the signal number; a second signal ends it at once. Checkpoints of a model with
+// GPT-2's vocabulary also hold GPT-2's tokenizer files (hf_tokenizer_files.hpp).
+//
 // The model's shapes are compile-time constants, so the program contains a set of compiled config
 // types and picks the one that matches --model-config (compiled_configs.hpp).
 #include <gemma3/config_file.hpp>
 #include <gemma3/configs.hpp>
 #include <gemma3/distributed.hpp>
+#include <gemma3/hf_tokenizer_files.hpp>
+#include <gemma3/tokenizer.hpp>
 #include <gemma3/trainer.hpp>
 
 #include "compiled_configs.hpp"
+#include "find_tokenizer.hpp"
 
 #include <CLI/CLI.hpp>
 
@@ -34,12 +41,31 @@
 namespace {
 
 template <class C>
-void train(const gemma3::ModelConfigFile& model, const gemma3::TrainingConfig& training, const gemma3::TrainOptions& options) {
-    if (training.dtype == "float64") {
-        gemma3::Trainer<C, double>(model, training, options).run();
-    } else {
-        gemma3::Trainer<C, float>(model, training, options).run();
+gemma3::TrainSummary train(const gemma3::ModelConfigFile& model, const gemma3::TrainingConfig& training,
+                           const gemma3::TrainOptions& options) {
+    if (training.dtype == "float64") return gemma3::Trainer<C, double>(model, training, options).run();
+    return gemma3::Trainer<C, float>(model, training, options).run();
+}
+
+// GPT-2's tokenizer in transformers' files, for the checkpoints of a model with its vocabulary.
+// Without the ranks file the checkpoints go without them (a warning says so), unless --tokenizer
+// named a file that is not there.
+std::vector<gemma3::NamedText> checkpoint_tokenizer_files(const gemma3::ModelConfigFile& model,
+                                                          const std::string& flag) {
+    if (model.vocab_size != gemma3::Tokenizer::gpt2_mergeable_tokens + 1) return {};
+    std::filesystem::path ranks;
+    try {
+        ranks = gemma3::programs::find_tokenizer(flag);
+    } catch (const std::exception& e) {
+        if (!flag.empty()) throw;
+        std::cerr << "warning: checkpoints will hold no tokenizer files: " << e.what() << "\n";
+        return {};
     }
+    const auto tokenizer = gemma3::Tokenizer::from_tiktoken_file(ranks);
+    std::vector<std::string> tokens;
+    for (std::int32_t id = 0; id < tokenizer.eot_token(); ++id) tokens.emplace_back(tokenizer.token_bytes(id));
+    auto files = gemma3::hf_tokenizer_files(tokens, gemma3::Tokenizer::eot_text, model.context_length);
+    return files;
 }
 
 // Device selection: never switch silently.
@@ -79,6 +105,23 @@ void install_fault_injection(gemma3::TrainOptions& options, int rank) {
             if (e >= iteration) std::raise(SIGKILL);
         };
     }
+    // GEMMA3_SIGNAL_AT_ITERATIONS="<rank>:<iteration>[,<iteration>...]:<INT|TERM>" sends that signal
+    // to this process (rank) when it starts each of those iterations: the graceful-stop tests.
+    if (const char* spec = std::getenv("GEMMA3_SIGNAL_AT_ITERATIONS")) {
+        const std::string text = spec;
+        const auto first = text.find(':'), last = text.rfind(':');
+        if (first == std::string::npos || first == last || std::stoi(text.substr(0, first)) != rank) return;
+        std::vector<std::int64_t> iterations;
+        for (std::size_t pos = first + 1; pos < last;) {
+            const auto comma = std::min(text.find(',', pos), last);
+            iterations.push_back(std::stoll(text.substr(pos, comma - pos)));
+            pos = comma + 1;
+        }
+        const int signal_number = text.substr(last + 1) == "TERM" ? SIGTERM : SIGINT;
+        options.before_iteration = [iterations, signal_number](std::int64_t e) {
+            if (std::find(iterations.begin(), iterations.end(), e) != iterations.end()) std::raise(signal_number);
+        };
+    }
 }
 
 }  // namespace
@@ -87,7 +130,7 @@ int main(int argc, char** argv) {
     CLI::App app{"Train a Gemma 3 model on token files (the seed's loop)"};
     std::string model_path = "config/model_config.json", training_path = "config/training_config.json";
     gemma3::TrainOptions options;
-    std::string data_dir = "data", out_dir = "out", resume_from;
+    std::string data_dir = "data", out_dir = "out", resume_from, tokenizer;
     bool resume = false;
     app.add_option("--model-config", model_path, "model config JSON")->capture_default_str();
     app.add_option("--training-config", training_path, "training config JSON")->capture_default_str();
@@ -95,6 +138,9 @@ int main(int argc, char** argv) {
     app.add_option("--out-dir", out_dir, "checkpoints, metrics.jsonl and loss.svg go here")->capture_default_str();
     app.add_flag("--resume", resume, "continue from <out-dir>/latest");
     app.add_option("--resume-from", resume_from, "continue from this checkpoint directory");
+    app.add_option("--tokenizer", tokenizer,
+                   "GPT-2 ranks in tiktoken format, saved into each checkpoint in transformers' formats (default: "
+                   "$GEMMA3_TOKENIZER, else gpt2.tiktoken in the data folder of this program's install or checkout)");
     app.add_option("--stop-after", options.stop_after,
                    "stop after this many iterations, with a checkpoint (continue later with --resume)");
 
@@ -145,6 +191,7 @@ int main(int argc, char** argv) {
     }
     options.parallel.communicator = comm.get();
     if (comm->rank() != 0) options.live_line = false;
+    options.stop_request = gemma3::install_stop_on_signals();
     install_fault_injection(options, comm->rank());
     // Prints the error and ends. With several ranks the others may be waiting in a collective (or
     // in MPI_Finalize's synchronisation): only an abort stops them all.
@@ -173,13 +220,17 @@ int main(int argc, char** argv) {
         options.out_dir = out_dir;
         options.resume = resume || !resume_from.empty();
         options.resume_from = resume_from;
+        if (comm->rank() == 0) options.checkpoint_files = checkpoint_tokenizer_files(model, tokenizer);
         bool found = false;
+        gemma3::TrainSummary summary;
 #ifdef GEMMA3_HAVE_CUDA
-        if (training.device == "cuda") found = gemma3::programs::train_on_cuda(model, training, options);
+        if (training.device == "cuda") found = gemma3::programs::train_on_cuda(model, training, options, summary);
         else
 #endif
-            found = gemma3::programs::with_compiled_config(model, [&]<class C>() { train<C>(model, training, options); });
+            found = gemma3::programs::with_compiled_config(
+                model, [&]<class C>() { summary = train<C>(model, training, options); });
         if (!found) return fail(gemma3::programs::no_compiled_config_message(model_path, "gemma3-train"), 2);
+        if (summary.stopped_by_signal) return 128 + summary.stopped_by_signal;
     } catch (const std::exception& e) {
         return fail(e.what(), 1);
     }

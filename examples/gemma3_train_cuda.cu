@@ -9,13 +9,14 @@ namespace gemma3::programs {
 
 int cuda_device_count() { return cuda::device_count(); }
 
-bool train_on_cuda(const ModelConfigFile& model, const TrainingConfig& training, const TrainOptions& options) {
+bool train_on_cuda(const ModelConfigFile& model, const TrainingConfig& training, const TrainOptions& options,
+                   TrainSummary& summary) {
     if (training.dtype == "float64") {
         throw TrainingError("dtype \"float64\" is a CPU setting; the CUDA back end trains in bf16 with fp32 "
                             "accumulation (use dtype \"bfloat16\" or --device cpu)");
     }
     return with_compiled_config(model, [&]<class C>() {
-        Trainer<C, float, cuda::TrainerEngine<C>>(model, training, options).run();
+        summary = Trainer<C, float, cuda::TrainerEngine<C>>(model, training, options).run();
     });
 }
 

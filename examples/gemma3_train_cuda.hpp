@@ -9,7 +9,9 @@ namespace gemma3::programs {
 // Usable CUDA devices on this machine (0 without a GPU or driver).
 int cuda_device_count();
 
-// Trains with the CUDA engine; false when no compiled config matches `model`.
-bool train_on_cuda(const ModelConfigFile& model, const TrainingConfig& training, const TrainOptions& options);
+// Trains with the CUDA engine (the run's summary into `summary`); false when no compiled config
+// matches `model`.
+bool train_on_cuda(const ModelConfigFile& model, const TrainingConfig& training, const TrainOptions& options,
+                   TrainSummary& summary);
 
 }  // namespace gemma3::programs

@@ -21,6 +21,23 @@ cmake --build build -j "$jobs"
 step "tests"
 ctest --test-dir build --output-on-failure
 
+step "a checkpoint's tokenizer in transformers (no torch)"
+# A fresh gemma3-train checkpoint of a GPT-2-vocabulary model (two iterations of the demo config)
+# must load in AutoTokenizer and encode the hard cases like gemma3-tokenize. transformers and
+# tokenizers go into a venv of their own in build/ (transformers does not depend on torch).
+hf_venv=build/hf-tokenizer-venv
+if [ ! -x "$hf_venv/bin/python" ]; then python3 -m venv "$hf_venv"; fi
+"$hf_venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tools/requirements-tokenizer-check.txt
+hf_run=build/hf-tokenizer-check
+rm -rf "$hf_run"
+mkdir -p "$hf_run/data"
+build/bin/gemma3-prepare tests/data/tokenizer/unicode_classes.txt --out-dir "$hf_run/data" --chunk-tokens 512 --quiet
+build/bin/gemma3-train --model-config config/demo_model_config.json --training-config config/demo_training_config.json \
+  --data-dir "$hf_run/data" --out-dir "$hf_run/out" --max-iters 2 --warmup-steps 1 --eval-iters 2 --eval-batches 1 \
+  --batch-size 1 --block-size 16 > "$hf_run/train.log"
+"$hf_venv/bin/python" tools/check_hf_tokenizer.py "$hf_run/out/latest" tests/data/tokenizer/hard_cases.txt \
+  tests/data/tokenizer/unicode_classes.txt --gemma3-tokenize build/bin/gemma3-tokenize
+
 step "tests under AddressSanitizer + UndefinedBehaviorSanitizer"
 # The CUDA kernels run here through the emulator (host code, sanitized); the nvcc device build is
 # the release build's job.
@@ -33,8 +50,12 @@ ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:ha
 step "downstream project against an installed copy"
 rm -rf build/install build/downstream
 cmake --install build --prefix build/install
-cmake -S examples/downstream -B build/downstream -G Ninja -DCMAKE_PREFIX_PATH="$root/build/install"
+cmake -S examples/downstream -B build/downstream -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_PREFIX_PATH="$root/build/install"
 cmake --build build/downstream -j "$jobs"
 build/downstream/downstream
+# The README's minimal trainer and generator: train, save, load the checkpoint back, generate.
+build/downstream/train build/downstream/small_model
+build/downstream/generate build/downstream/small_model
 
 step "all tests passed"

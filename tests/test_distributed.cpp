@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <csignal>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -367,6 +368,21 @@ TEST_CASE("ranks that disagree on settings, or a global batch that cannot be div
         CHECK(outcome.exit_code != 124);
         CHECK(outcome.output.find("gradient_accumulation_steps 3 is not divisible by the 2 ranks") != std::string::npos);
     }
+}
+
+TEST_CASE("a signal to one rank stops every rank after the same optimizer step; the checkpoint resumes exactly") {
+    const auto straight = fresh_dir("signal_straight"), out = fresh_dir("signal_one_rank");
+    train(2, straight);
+    // Rank 1 alone gets SIGINT as iteration 4 starts; the update in progress ends after iteration 5
+    // (accumulation 2), and both ranks must stop there, rank 0 told through the all-reduce.
+    const Outcome outcome =
+        run("env GEMMA3_SIGNAL_AT_ITERATIONS=1:4:INT " + mpirun + " -np 2 " GEMMA3_TRAIN_EXE + train_arguments(out));
+    INFO(outcome.output);
+    CHECK(outcome.exit_code == 128 + SIGINT);
+    CHECK(outcome.output.find("stopped by signal 2") != std::string::npos);  // rank 0's report
+    CHECK(fs::read_symlink(out / "latest") == fs::path("checkpoints") / "iter-00000006");
+    train(2, out, "--resume");
+    check_identical(straight, out);
 }
 
 #endif  // GEMMA3_MPIEXEC && GEMMA3_TRAIN_EXE

@@ -229,3 +229,69 @@ TEST_CASE("gemma3-train refuses device cuda where there is none, and says how to
     CHECK(text.find("cuda") != std::string::npos);
     fs::remove(output);
 }
+
+namespace {
+// Runs gemma3-train with `arguments`, its output into `log`; returns the wait status.
+int run_train_program_logged(const std::string& arguments, const std::string& environment, const fs::path& log) {
+    const std::string command =
+        environment + " exec " GEMMA3_TRAIN_EXE " " + arguments + " > " + log.string() + " 2>&1";
+    return std::system(command.c_str());
+}
+
+std::string read_text(const fs::path& path) {
+    std::ifstream in(path);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+}  // namespace
+
+TEST_CASE("SIGINT or SIGTERM stops gemma3-train after the optimizer step under way, with a checkpoint that resumes "
+          "exactly; a second signal stops it at once") {
+    const auto data = make_data("signal_data");
+    const auto dir = fresh_dir("signal_configs");
+    {
+        std::ofstream(dir / "training.json") << to_json(small_training_config()).dump(2);
+    }
+    const std::string common = "--model-config " GEMMA3_SOURCE_DIR "/config/tiny_model_config.json --training-config " +
+                               (dir / "training.json").string() + " --data-dir " + data.string();
+    const auto reference = fresh_dir("signal_reference");
+    REQUIRE(run_train_program(common + " --out-dir " + reference.string()) == 0);
+    const auto want = losses(reference);
+
+    struct Case {
+        std::string signal_at;  // GEMMA3_SIGNAL_AT_ITERATIONS
+        int signal_number;
+        const char* stopped_at;  // accumulation 3: optimizer steps end iterations 2, 5, 8, 11
+    };
+    for (const Case& c : {Case{"0:4:INT", SIGINT, "iter-00000006"}, Case{"0:7:TERM", SIGTERM, "iter-00000009"}}) {
+        CAPTURE(c.signal_at);
+        const auto out = fresh_dir("signal_" + std::to_string(c.signal_number));
+        const auto log = dir / "log.txt";
+        const int status = run_train_program_logged(common + " --out-dir " + out.string(),
+                                                    "GEMMA3_SIGNAL_AT_ITERATIONS=" + c.signal_at, log);
+        const std::string text = read_text(log);
+        CAPTURE(text);
+        REQUIRE(WIFEXITED(status));
+        CHECK(WEXITSTATUS(status) == 128 + c.signal_number);
+        CHECK(text.find("stopping after the current optimizer step") != std::string::npos);
+        CHECK(text.find("--resume") != std::string::npos);
+        REQUIRE(fs::is_symlink(out / "latest"));
+        CHECK(fs::read_symlink(out / "latest") == fs::path("checkpoints") / c.stopped_at);
+        CHECK_FALSE(fs::exists(out / "latest" / "gradients.safetensors"));  // at an optimizer step: nothing pending
+        REQUIRE(run_train_program(common + " --out-dir " + out.string() + " --resume") == 0);
+        CHECK(losses(out) == want);
+        const SafetensorsFile wa(reference / "latest" / "model.safetensors"), wb(out / "latest" / "model.safetensors");
+        for (const auto& t : wa.tensors()) {
+            const auto x = wa.read_all<float>(t.name), y = wb.read_all<float>(t.name);
+            CHECK(std::memcmp(x.data(), y.data(), x.size() * sizeof(float)) == 0);
+        }
+    }
+
+    // A second signal before the step is done: the process ends by the signal, and `latest` still
+    // names the last complete checkpoint (the evaluation's at iteration 4).
+    const auto out = fresh_dir("signal_twice");
+    const int status = run_train_program_logged(common + " --out-dir " + out.string(),
+                                                "GEMMA3_SIGNAL_AT_ITERATIONS=0:4,5:INT", dir / "log.txt");
+    REQUIRE(WIFSIGNALED(status));
+    CHECK(WTERMSIG(status) == SIGINT);
+    CHECK(fs::read_symlink(out / "latest") == fs::path("checkpoints") / "iter-00000004");
+}

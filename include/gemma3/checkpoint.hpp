@@ -10,6 +10,11 @@
 //                                also the rank count and every rank's batch stream
 //   <dir>/gradients.safetensors  only when saved between two optimizer steps: the gradients
 //                                accumulated so far ("grad.<name>")
+//   <dir>/generation_config.json with GPT-2's vocabulary: <|endoftext|> as bos, eos and pad
+//   <dir>/tokenizer.json, tokenizer_config.json, vocab.json, merges.txt
+//                                the tokenizer, when the caller passes its files (gemma3-train
+//                                does, from hf_tokenizer_files.hpp), so that AutoTokenizer and
+//                                pipeline("text-generation") load the directory as it is
 //
 // Safety against a kill at any moment: a checkpoint is written into a fresh directory
 // <out>/checkpoints/iter-NNNNNNNN, every file atomically (temp + fsync + rename), the directory is
@@ -19,6 +24,7 @@
 
 #include "config_file.hpp"
 #include "file_io.hpp"
+#include "hf_tokenizer_files.hpp"
 #include "optimizer.hpp"
 #include "parameters.hpp"
 #include "safetensors.hpp"
@@ -33,6 +39,7 @@
 #include <functional>
 #include <limits>
 #include <set>
+#include <span>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -97,8 +104,9 @@ inline nlohmann::json hf_config_json(const ModelConfigFile& c, std::string_view 
         {"attention_dropout", 0.0},
         {"initializer_range", c.initializer_range},
         {"pad_token_id", nullptr},  // no padding row: the seed has none
-        {"bos_token_id", nullptr},
-        {"eos_token_id", c.vocab_size == 50257 ? nlohmann::json(50256) : nlohmann::json(nullptr)},  // GPT-2's <|endoftext|>
+        // GPT-2's <|endoftext|> begins and ends a text (what its tokenizer files say too).
+        {"bos_token_id", c.vocab_size == 50257 ? nlohmann::json(50256) : nlohmann::json(nullptr)},
+        {"eos_token_id", c.vocab_size == 50257 ? nlohmann::json(50256) : nlohmann::json(nullptr)},
         {"use_cache", true},
         {"dtype", torch_dtype},
     };
@@ -217,6 +225,35 @@ inline ModelConfigFile checkpoint_model_config(const std::filesystem::path& dir)
                                          "written by gemma3-train or by transformers' save_pretrained)");
 }
 
+// Reads a checkpoint directory's model config (ours or transformers', as checkpoint_model_config)
+// and checks it against the compiled config C, naming every field that differs. Returns it.
+template <ModelConfig C>
+ModelConfigFile require_checkpoint_matches(const std::filesystem::path& dir) {
+    if (!std::filesystem::is_directory(dir)) {
+        throw CheckpointError(dir.string() + ": not a directory (expected a checkpoint directory with config.json and "
+                                             "model.safetensors; for a bare safetensors file use Model::load)");
+    }
+    auto config = checkpoint_model_config(dir);
+    try {
+        require_matches<C>(config);
+    } catch (const ConfigError& e) {
+        throw CheckpointError(dir.string() + ": the checkpoint is for a different model than the compiled " +
+                              std::string(config_name<C>()) + ":\n" + e.what());
+    }
+    return config;
+}
+
+// The normal way to load a trained model: a checkpoint directory written by gemma3-train or by
+// transformers' save_pretrained (config.json + model.safetensors). The config is checked against
+// the model's compiled type first (window, layer types, RoPE bases, ... which shapes alone cannot
+// tell), then the weights are read. `Model` is Model<C, Cpu<T>> or Model<C, Cuda>;
+// model.load(file) still reads a bare safetensors file without a config.
+template <class Model>
+void load_pretrained(Model& model, const std::filesystem::path& dir) {
+    require_checkpoint_matches<typename Model::Config>(dir);
+    model.load(dir / "model.safetensors");
+}
+
 // Test hook: called with the name of each phase of a checkpoint write ("model", "optimizer",
 // "state", "directory", "link"), before it happens. The trainer's tests use it to kill the process
 // mid-save. Empty by default.
@@ -228,7 +265,8 @@ inline std::function<void(std::string_view phase)>& checkpoint_phase_hook() {
 template <ModelConfig C, class T>
 void write_checkpoint_files(const std::filesystem::path& dir, const Parameters<C, T>& params, const AdamW<T>& adamw,
                             const TrainerState& state, const ModelConfigFile& model_config,
-                            const TrainingConfig& training_config, const Parameters<C, T>* pending_grads) {
+                            const TrainingConfig& training_config, const Parameters<C, T>* pending_grads,
+                            std::span<const NamedText> extra_files = {}) {
     const auto hook = [](std::string_view phase) {
         if (checkpoint_phase_hook()) checkpoint_phase_hook()(phase);
     };
@@ -269,6 +307,13 @@ void write_checkpoint_files(const std::filesystem::path& dir, const Parameters<C
         detail::write_json_atomically(dir / "config.json", hf_config_json(model_config));
     }
     detail::write_json_atomically(dir / "gemma3_config.json", to_json(model_config));
+    if (model_config.vocab_size == 50257) {
+        const auto generation = hf_generation_config(50256);
+        write_file_atomically(dir / generation.name, [&](std::ostream& out) { out << generation.contents; });
+    }
+    for (const auto& file : extra_files) {
+        write_file_atomically(dir / file.name, [&](std::ostream& out) { out << file.contents; });
+    }
     nlohmann::json s = {
         {"format", "gemma3-trainer-state"},
         {"version", 1},
@@ -299,7 +344,8 @@ template <ModelConfig C, class T>
 std::filesystem::path save_checkpoint(const std::filesystem::path& out_dir, const std::string& link_name,
                                       const Parameters<C, T>& params, const AdamW<T>& adamw, const TrainerState& state,
                                       const ModelConfigFile& model_config, const TrainingConfig& training_config,
-                                      const Parameters<C, T>* pending_grads = nullptr) {
+                                      const Parameters<C, T>* pending_grads = nullptr,
+                                      std::span<const NamedText> extra_files = {}) {
     char name[32];
     std::snprintf(name, sizeof name, "iter-%08lld", static_cast<long long>(state.iteration));
     const auto relative = std::filesystem::path("checkpoints") / name;
@@ -314,7 +360,7 @@ std::filesystem::path save_checkpoint(const std::filesystem::path& out_dir, cons
     }
     if (!linked) {
         std::filesystem::remove_all(dir);
-        write_checkpoint_files(dir, params, adamw, state, model_config, training_config, pending_grads);
+        write_checkpoint_files(dir, params, adamw, state, model_config, training_config, pending_grads, extra_files);
         detail::fsync_directory(dir.parent_path());
     }
     if (checkpoint_phase_hook()) checkpoint_phase_hook()("link");

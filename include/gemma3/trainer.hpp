@@ -12,6 +12,11 @@
 // stopped at any iteration and resumed gives bit-identical losses. Progress goes to a live line,
 // <out>/metrics.jsonl and <out>/loss.svg.
 //
+// Graceful stop (TrainOptions::stop_request, set by the handler of install_stop_on_signals()):
+// once the flag is set, the loop finishes the optimizer step under way, saves `latest` and returns
+// with TrainSummary::stopped_by_signal; with several ranks they agree on the step (a sum of the
+// ranks' flags rides along after each optimizer step), so all stop at the same one.
+//
 // Data parallelism (TrainOptions::parallel, a Communicator from distributed.hpp): R processes run
 // this loop in lockstep, each on its own micro-batch. Each scales its loss by 1/(its micro-batches
 // per update x R), so the gradients summed over the ranks (one all-reduce per optimizer step; the
@@ -42,10 +47,12 @@
 #include "optimizer.hpp"
 
 #include <nlohmann/json.hpp>
+#include <signal.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -96,13 +103,46 @@ struct TrainOptions {
     std::ostream* log = &std::cout;
     DataParallelOptions parallel;
     std::function<void(std::int64_t iteration)> before_iteration;  // test hook: fault injection
+    // Non-zero (a signal number): stop after the current optimizer step, with a checkpoint.
+    const volatile std::sig_atomic_t* stop_request = nullptr;
+    // Written into every checkpoint directory besides the model and the training state; e.g. the
+    // tokenizer files of hf_tokenizer_files() so transformers loads a tokenizer from it too.
+    std::vector<NamedText> checkpoint_files;
 };
+
+namespace detail {
+inline volatile std::sig_atomic_t stop_signal = 0;
+inline void request_stop(int signal_number) {
+    if (stop_signal != 0) {  // the second signal: end now, as the default action would
+        std::signal(signal_number, SIG_DFL);
+        std::raise(signal_number);
+        return;
+    }
+    stop_signal = signal_number;
+    static const char message[] =
+        "\nstopping after the current optimizer step, with a checkpoint (signal again to stop at once)\n";
+    const auto ignored = ::write(STDERR_FILENO, message, sizeof message - 1);  // async-signal-safe, unlike iostreams
+    (void)ignored;
+}
+}  // namespace detail
+
+// Makes the first SIGINT or SIGTERM a request to stop (see TrainOptions::stop_request, which this
+// returns the flag for) and the second one end the process at once.
+inline const volatile std::sig_atomic_t* install_stop_on_signals() {
+    struct sigaction action{};
+    action.sa_handler = detail::request_stop;
+    action.sa_flags = SA_RESTART;  // reads and writes under way continue rather than fail with EINTR
+    sigemptyset(&action.sa_mask);
+    for (const int signal_number : {SIGINT, SIGTERM}) ::sigaction(signal_number, &action, nullptr);
+    return &detail::stop_signal;
+}
 
 struct TrainSummary {
     std::int64_t iterations = 0;  // iterations run by this call
     double last_train_loss = 0;
     double last_eval_train = NAN, last_eval_val = NAN;
     double tokens_per_second = 0;
+    int stopped_by_signal = 0;  // the signal number when TrainOptions::stop_request ended the run early
 };
 
 namespace detail {
@@ -299,7 +339,7 @@ public:
             if (!lead) return;
             const Parameters<C, T>* pending = mid_accumulation ? &engine_->gradients() : nullptr;
             const auto dir = save_checkpoint(options_.out_dir, "latest", engine_->parameters(), plan_.zero1 ? gathered : adamw,
-                                             state, model_config_, config_, pending);
+                                             state, model_config_, config_, pending, options_.checkpoint_files);
             if (best) detail::replace_symlink(options_.out_dir / "best", std::filesystem::relative(dir, options_.out_dir));
             remove_unlinked_checkpoints(options_.out_dir);
             write_plot();
@@ -379,15 +419,34 @@ public:
                 e += per_pass;
                 break;
             }
+            if (options_.stop_request && !std::isnan(norm) && !last) {
+                // Every rank takes the same optimizer steps, so all of them agree here.
+                double signalled[2] = {*options_.stop_request != 0 ? 1.0 : 0.0,
+                                       static_cast<double>(*options_.stop_request)};
+                if (plan_.ranks > 1) collective([&] { comm.allreduce_sum(std::span<double>(signalled)); });
+                if (signalled[0] > 0) {
+                    // The signal number if one rank (or every rank, the same one) was signalled.
+                    summary.stopped_by_signal = static_cast<int>(signalled[1] / signalled[0]);
+                    e += per_pass;
+                    break;
+                }
+            }
         }
         if (options_.live_line) log << "\n";
         if (lead) metrics.flush();
         bool best = false;
         if (e == config_.max_iters && state.last_eval_iteration != e) best = evaluate(e);
         checkpoint(e, best);
+        // A rank that exits non-zero makes mpirun end the others: none leaves before rank 0 has
+        // written the checkpoint.
+        if (summary.stopped_by_signal && plan_.ranks > 1) comm.barrier();
         const double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
         log << (e == config_.max_iters ? "finished" : "stopped") << " at iteration " << e << " after "
             << detail::format_duration(elapsed) << "; checkpoint " << (options_.out_dir / "latest").string() << "\n";
+        if (summary.stopped_by_signal) {
+            log << "stopped by signal " << summary.stopped_by_signal << " after optimizer step " << state.optimizer_steps
+                << "; run the same command with --resume to continue from iteration " << e << "\n";
+        }
         return summary;
     }
 
