@@ -7,12 +7,16 @@ Measures, each in its own process (so peak memory is per measurement):
   - this machine's limits: sgemm GFLOP/s at the model's matrix shapes and copy bandwidth
     (build/bin/gemma3-bench --mode limits);
   - training steps (forward + backward + AdamW) and forward passes of the same model, batch and
-    thread count: gemma3 (build/bin/gemma3-bench), the current PyPI torch (.venv), and Debian's torch
-    1.13 (/usr/bin/python3, package python3-torch) when installed;
-  - decoding one sequence after a --seq-token prompt: gemma3's KV cache against transformers'
-    generate with its cache.
-PyTorch gets the tuning machine-notes recommends: torch.set_num_threads(2), OMP_WAIT_POLICY=PASSIVE.
-Prints a table: tokens/s, GFLOP/s, fraction of the roofline, ratio to the best PyTorch, peak RSS.
+    thread count: gemma3 (build/bin/gemma3-bench) in fp32 and bf16 mixed precision (Cpu<bf16>), the
+    current PyPI torch (.venv) in fp32, bf16 autocast and bf16 autocast + torch.compile, and Debian's
+    torch 1.13 (/usr/bin/python3, package python3-torch) when installed;
+  - decoding one sequence after a --seq-token prompt: gemma3's KV cache with its weight matrices in
+    fp32, bf16 and blockwise int8 (gemma3-bench --weights), against transformers' generate with its
+    cache; a decode row's roofline is the copy bandwidth over the weight bytes it reads per token.
+Each at one thread pinned to core 0 (taskset -c 0) and at two threads (--threads). PyTorch gets the
+tuning machine-notes recommends: torch.set_num_threads(n), OMP_WAIT_POLICY=PASSIVE.
+Prints a table per thread count: tokens/s, GFLOP/s, fraction of the roofline (the GEMM rate of the
+row's precision), ratio to the best PyTorch, peak RSS; and the GEMM engine with its instruction set.
 """
 import argparse
 import json
@@ -61,52 +65,76 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--bench", default=os.path.join(ROOT, "build", "bin", "gemma3-bench"))
     p.add_argument("--debian-python", default="/usr/bin/python3")
+    p.add_argument("--threads", default="1,2", help="thread counts to measure; 1 is pinned to core 0 (taskset)")
+    p.add_argument("--no-compile", action="store_true", help="skip torch.compile (it compiles for minutes)")
     a = p.parse_args()
     from torch_gemma3 import CONFIGS
     cfg = CONFIGS[a.config]
     if not os.path.exists(a.bench):
         sys.exit(f"{a.bench} not found: build it with  cmake --build build --target gemma3-bench")
     common = ["--config", a.config, "--batch", str(a.batch), "--seq", str(a.seq), "--repeats", str(a.repeats)]
-    # Both cores of the reference machine for everyone: gemma3 (OpenMP + OpenBLAS) and torch alike.
-    ours_env = {"OMP_NUM_THREADS": "2"}
-    torch_env = {"OMP_NUM_THREADS": "2", "OMP_WAIT_POLICY": "PASSIVE"}
     script = os.path.join(ROOT, "benchmarks", "torch_gemma3.py")
     pythons = [("torch (PyPI)", sys.executable)]
     probe = subprocess.run([a.debian_python, "-c", "import torch"], capture_output=True)
     if probe.returncode == 0:
         pythons.append(("torch (Debian)", a.debian_python))
-
-    print(f"config {a.config}, batch {a.batch} x {a.seq}, 2 threads; measuring...", file=sys.stderr, flush=True)
-    limits, err = run([a.bench, "--mode", "limits"] + common, ours_env)
-    if limits is None:
-        sys.exit(f"gemma3-bench --mode limits failed: {err}")
-    results = {}
-    for mode in ["train", "forward", "decode"]:
-        results[(mode, "gemma3")] = run([a.bench, "--mode", mode] + common, ours_env)
-    for name, py in pythons:
-        for mode in ["train", "forward"]:
-            results[(mode, name)] = run([py, script, "--mode", mode] + common, torch_env)
-    results[("decode", "transformers generate")] = run([sys.executable, script, "--mode", "hf-decode"] + common, torch_env)
-
     fpt = flops_per_token(cfg, a.seq)
-    roof = {"train": limits["sgemm_gflops"] * 1e9 / fpt, "forward": limits["sgemm_gflops"] * 1e9 / (fpt / 3),
-            "decode": limits["copy_gbps"] * 1e9 / decode_bytes(cfg)}
-    print(f"\nmachine: sgemm {limits['sgemm_gflops']:.0f} GFLOP/s at the model's shapes, copy {limits['copy_gbps']:.1f} GB/s"
-          f" -> rooflines: train {roof['train']:.0f}, forward {roof['forward']:.0f}, decode {roof['decode']:.1f} tokens/s")
-    print(f"{'':9}{'':24}{'tokens/s':>10}{'GFLOP/s':>9}{'roofline':>10}{'vs PyTorch':>12}{'peak RSS':>11}")
-    for mode in ["train", "forward", "decode"]:
-        rows = [(k[1], v) for k, v in results.items() if k[0] == mode]
-        best = max((r[0]["tokens_per_s"] for n, r in rows if n != "gemma3" and r[0]), default=None)
-        for name, (row, err) in rows:
-            if row is None:
-                print(f"{mode:9}{name:24}  failed: {err}")
-                continue
-            tps = row["tokens_per_s"]
-            gf = tps * (fpt if mode == "train" else fpt / 3) / 1e9 if mode != "decode" else float("nan")
-            ratio = f"{tps / best:.2f}x" if (best and name == "gemma3") else ""
-            rss = f"{row['peak_rss_mib']:.0f} MiB"
-            gf_text = f"{gf:9.1f}" if mode != "decode" else f"{'':>9}"
-            print(f"{mode:9}{name:24}{tps:10.1f}{gf_text}{tps / roof[mode]:9.0%} {ratio:>11}{rss:>11}")
+    for threads in [int(t) for t in a.threads.split(",")]:
+        # One thread pinned to one core (ratios that survive a busy second core), or all threads
+        # unpinned. PyTorch gets the tuning machine-notes recommends: OMP_WAIT_POLICY=PASSIVE.
+        pin = ["taskset", "-c", "0"] if threads == 1 else []
+        ours_env = {"OMP_NUM_THREADS": str(threads)}
+        torch_env = {"OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
+        print(f"config {a.config}, batch {a.batch} x {a.seq}, {threads} thread(s){' pinned' if pin else ''}; measuring...",
+              file=sys.stderr, flush=True)
+        limits, err = run(pin + [a.bench, "--mode", "limits"] + common, ours_env)
+        if limits is None:
+            sys.exit(f"gemma3-bench --mode limits failed: {err}")
+        results = {}
+        for mode in ["train", "forward"]:
+            for dtype in ["float32", "bfloat16"]:
+                results[(mode, f"gemma3 {dtype}")] = run(pin + [a.bench, "--mode", mode, "--dtype", dtype] + common, ours_env)
+        # Decoding with the weight matrices in fp32, bf16 and blockwise int8 (activations fp32 throughout).
+        for weights in ["f32", "bf16", "int8"]:
+            results[("decode", f"gemma3 {weights} weights")] = run(
+                pin + [a.bench, "--mode", "decode", "--weights", weights] + common, ours_env)
+        torch_common = common + ["--threads", str(threads)]
+        for name, py in pythons:
+            variants = [("", [])]
+            if name == "torch (PyPI)":
+                variants += [(" bf16 autocast", ["--autocast"])]
+                if not a.no_compile:
+                    variants += [(" bf16 autocast+compile", ["--autocast", "--compile"])]
+            for mode in ["train", "forward"]:
+                for suffix, flags in variants:
+                    results[(mode, name + suffix)] = run(pin + [py, script, "--mode", mode] + torch_common + flags, torch_env)
+        results[("decode", "transformers generate")] = run(pin + [sys.executable, script, "--mode", "hf-decode"] + torch_common,
+                                                           torch_env)
+
+        def roofline(mode, name, row):
+            gemm = limits["bf16_gemm_gflops"] if ("bf16" in name or "bfloat16" in name) else limits["sgemm_gflops"]
+            if mode == "decode":
+                # Copy bandwidth over the weight bytes the row reads per token.
+                return limits["copy_gbps"] * 1e9 / row.get("weight_bytes_per_token", decode_bytes(cfg))
+            return gemm * 1e9 / (fpt if mode == "train" else fpt / 3)
+
+        print(f"\n{threads} thread(s){' pinned to core 0' if pin else ''}; GEMM engine: {limits.get('gemm_engine', '?')}")
+        print(f"machine: GEMM {limits['sgemm_gflops']:.0f} GFLOP/s fp32, {limits['bf16_gemm_gflops']:.0f} GFLOP/s bf16 inputs "
+              f"at the model's shapes, copy {limits['copy_gbps']:.1f} GB/s")
+        print(f"{'':9}{'':34}{'tokens/s':>10}{'GFLOP/s':>9}{'roofline':>10}{'vs best PyTorch':>17}{'peak RSS':>11}")
+        for mode in ["train", "forward", "decode"]:
+            rows = [(k[1], v) for k, v in results.items() if k[0] == mode]
+            best = max((r[0]["tokens_per_s"] for n, r in rows if not n.startswith("gemma3") and r[0]), default=None)
+            for name, (row, err) in rows:
+                if row is None:
+                    print(f"{mode:9}{name:34}  failed: {err}")
+                    continue
+                tps = row["tokens_per_s"]
+                gf = tps * (fpt if mode == "train" else fpt / 3) / 1e9 if mode != "decode" else float("nan")
+                ratio = f"{tps / best:.2f}x" if (best and name.startswith("gemma3")) else ""
+                rss = f"{row['peak_rss_mib']:.0f} MiB"
+                gf_text = f"{gf:9.1f}" if mode != "decode" else f"{'':>9}"
+                print(f"{mode:9}{name:34}{tps:10.1f}{gf_text}{tps / roofline(mode, name, row):9.0%} {ratio:>16}{rss:>11}")
     return 0
 
 

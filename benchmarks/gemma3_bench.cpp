@@ -1,11 +1,14 @@
 // gemma3-bench: end-to-end speed of the CPU back end and this machine's limits, measured in one run.
 //
-//   build/bin/gemma3-bench --config seed --batch 4 --seq 128 --mode all
+//   build/bin/gemma3-bench --config seed --batch 4 --seq 128 --mode all [--dtype bfloat16]
 //
 // Modes (one per process when peak memory matters; benchmarks/compare.py runs them that way):
-//   limits    sgemm GFLOP/s at the model's matrix shapes (M = batch*seq) and copy bandwidth (GB/s)
+//   limits    GEMM GFLOP/s at the model's matrix shapes (M = batch*seq), fp32 and bf16 inputs, and
+//             copy bandwidth (GB/s)
 //   forward   logits for batch x seq tokens: tokens/s, GFLOP/s
 //   train     forward + backward + AdamW: tokens/s, GFLOP/s
+// --dtype bfloat16 runs forward and train on Cpu<bf16> (bf16 products, fp32 master weights).
+// Every line names the GEMM engine and the instruction set it dispatched to.
 //   decode    one sequence: a prompt of seq tokens, then new tokens one at a time with the KV cache
 // Each mode prints one JSON object per line (and a readable line on stderr). Times are the median
 // of --repeats runs after --warmup runs. Peak RSS is the process's (VmHWM of /proc/self/status).
@@ -24,6 +27,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <ctime>
 #include <fstream>
 #include <functional>
 #include <iostream>
@@ -38,6 +42,8 @@ using Clock = std::chrono::steady_clock;
 
 struct Settings {
     std::int64_t batch = 4, seq = 128, decode_tokens = 64;
+    gemma3::WeightFormat weights = gemma3::WeightFormat::f32;  // decode: how the weight matrices are stored
+    std::string dtype = "float32";
     int warmup = 1, repeats = 5;
 };
 
@@ -66,7 +72,16 @@ double peak_rss_mib() {
 void report(nlohmann::json j) {
     j["peak_rss_mib"] = peak_rss_mib();
     j["threads"] = omp_get_max_threads();
+    j["gemm_engine"] = gemma3::gemm_engine_name();
     std::cout << j.dump() << std::endl;
+}
+
+// CPU time of the whole process: on a shared machine, a one-thread run's rate per CPU second is
+// what it would reach with the core to itself (memory bandwidth aside).
+double process_cpu_seconds() {
+    timespec t{};
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
 }
 
 std::vector<std::int32_t> random_tokens(std::int64_t n, int vocab, unsigned seed) {
@@ -89,18 +104,23 @@ void limits(const Settings& s) {
     const std::vector<Shape> shapes = {{D::model, D::q, D::layers},   {D::model, D::kv, 2.0 * D::layers},
                                        {D::q, D::model, D::layers},   {D::model, D::ffn, 2.0 * D::layers},
                                        {D::ffn, D::model, D::layers}, {D::model, D::vocab, 1}};
-    double flops = 0, seconds = 0;
+    double flops = 0, seconds = 0, seconds_bf16 = 0;
     nlohmann::json per_shape = nlohmann::json::array();
     for (const auto& sh : shapes) {
         gemma3::RowMatrix<float> a = gemma3::RowMatrix<float>::Random(m, sh.k), w = gemma3::RowMatrix<float>::Random(sh.n, sh.k),
                                  c(m, sh.n);
+        const gemma3::RowMatrix<gemma3::bf16> a16 = a.cast<gemma3::bf16>(), w16 = w.cast<gemma3::bf16>();
         const double t = median_seconds(s.warmup, s.repeats, [&] {
             gemma3::gemm(a, gemma3::Op::none, w, gemma3::Op::transpose, c);
         });
+        const double t16 = median_seconds(s.warmup, s.repeats, [&] {
+            gemma3::gemm(a16, gemma3::Op::none, w16, gemma3::Op::transpose, c);
+        });
         const double f = 2.0 * static_cast<double>(m * sh.k * sh.n);
-        per_shape.push_back({{"m", m}, {"k", sh.k}, {"n", sh.n}, {"gflops", f / t / 1e9}});
+        per_shape.push_back({{"m", m}, {"k", sh.k}, {"n", sh.n}, {"gflops", f / t / 1e9}, {"bf16_gflops", f / t16 / 1e9}});
         flops += f * sh.weight;
         seconds += t * sh.weight;
+        seconds_bf16 += t16 * sh.weight;
     }
     const std::size_t bytes = std::size_t{512} << 20;
     std::vector<char> src(bytes, 1), dst(bytes, 0);
@@ -112,26 +132,28 @@ void limits(const Settings& s) {
             std::memcpy(dst.data() + id * chunk, src.data() + id * chunk, chunk);
         }
     });
-    const double sgemm = flops / seconds / 1e9, copy = 2.0 * bytes / copy_t / 1e9;  // read + write
-    std::cerr << "limits: sgemm " << sgemm << " GFLOP/s at the model's shapes (M=" << m << "), copy " << copy << " GB/s\n";
-    report({{"mode", "limits"}, {"sgemm_gflops", sgemm}, {"copy_gbps", copy}, {"shapes", per_shape}});
+    const double sgemm = flops / seconds / 1e9, bgemm = flops / seconds_bf16 / 1e9, copy = 2.0 * bytes / copy_t / 1e9;
+    std::cerr << "limits: " << gemma3::gemm_engine_name() << ": fp32 " << sgemm << " GFLOP/s, bf16 inputs " << bgemm
+              << " GFLOP/s at the model's shapes (M=" << m << "), copy " << copy << " GB/s\n";
+    report({{"mode", "limits"}, {"sgemm_gflops", sgemm}, {"bf16_gemm_gflops", bgemm}, {"copy_gbps", copy}, {"shapes", per_shape}});
 }
 
-template <class C>
+template <class C, class P>
 void forward(const Settings& s) {
-    auto model = std::make_unique<gemma3::Model<C, gemma3::Cpu<float>>>();
+    auto model = std::make_unique<gemma3::Model<C, gemma3::Cpu<P>>>();
     model->init(gemma3::InitScheme::hf, 0.02, 1);
     const auto tokens = random_tokens(s.batch * s.seq, C::vocab_size, 2);
     const double t = median_seconds(s.warmup, s.repeats, [&] { model->forward(tokens, s.batch, s.seq); });
     const double n = static_cast<double>(s.batch * s.seq);
     const double flops = gemma3::training_flops_per_token(gemma3::config_file_of<C>(), s.seq) / 3.0 * n;
-    std::cerr << "forward: " << n / t << " tokens/s, " << flops / t / 1e9 << " GFLOP/s\n";
-    report({{"mode", "forward"}, {"tokens_per_s", n / t}, {"gflops", flops / t / 1e9}, {"seconds", t}});
+    std::cerr << "forward " << s.dtype << ": " << n / t << " tokens/s, " << flops / t / 1e9 << " GFLOP/s ("
+              << gemma3::gemm_engine_name() << ")\n";
+    report({{"mode", "forward"}, {"dtype", s.dtype}, {"tokens_per_s", n / t}, {"gflops", flops / t / 1e9}, {"seconds", t}});
 }
 
-template <class C>
+template <class C, class P>
 void train(const Settings& s) {
-    auto model = std::make_unique<gemma3::Model<C, gemma3::Cpu<float>>>();
+    auto model = std::make_unique<gemma3::Model<C, gemma3::Cpu<P>>>();
     model->init(gemma3::InitScheme::hf, 0.02, 1);
     auto grads = std::make_unique<gemma3::Parameters<C, float>>();
     gemma3::AdamW<float> adamw(grads->size(), {});
@@ -146,15 +168,17 @@ void train(const Settings& s) {
         const auto t1 = Clock::now();
         const double norm = gemma3::global_norm(grads->data(), grads->size());
         adamw.step(model->parameters.data(), grads->data(), 1e-4, gemma3::clip_coefficient(norm, 1.0), true);
+        model->weights_updated();  // Cpu<bf16> rounds its weight copy in the next pass (counted there)
         const auto t2 = Clock::now();
         forward_backward_t = std::chrono::duration<double>(t1 - t0).count();
         optimizer_t = std::chrono::duration<double>(t2 - t1).count();
     });
     const double n = static_cast<double>(s.batch * s.seq);
     const double flops = gemma3::training_flops_per_token(gemma3::config_file_of<C>(), s.seq) * n;
-    std::cerr << "train: " << n / t << " tokens/s, " << flops / t / 1e9 << " GFLOP/s (forward+backward "
+    std::cerr << "train " << s.dtype << " (" << gemma3::gemm_engine_name() << "): " << n / t << " tokens/s, " << flops / t / 1e9 << " GFLOP/s (forward+backward "
               << forward_backward_t << " s, clip+AdamW " << optimizer_t << " s)\n";
     report({{"mode", "train"},
+            {"dtype", s.dtype},
             {"tokens_per_s", n / t},
             {"gflops", flops / t / 1e9},
             {"seconds", t},
@@ -166,13 +190,20 @@ template <class C>
 void decode(const Settings& s) {
     auto model = std::make_unique<gemma3::Model<C, gemma3::Cpu<float>>>();
     model->init(gemma3::InitScheme::hf, 0.02, 1);
+    std::unique_ptr<gemma3::PackedWeights<C>> packed;
+    if (s.weights != gemma3::WeightFormat::f32) {
+        packed = std::make_unique<gemma3::PackedWeights<C>>(std::as_const(model->parameters).weights(), s.weights);
+        model.reset();  // decoding reads only the packed copy
+    }
     const auto prompt = random_tokens(s.seq, C::vocab_size, 5);
-    double per_token = 0;
+    double per_token = 0, cpu_per_token = 0;
     median_seconds(s.warmup, s.repeats, [&] {
-        gemma3::Generator<C, float> generator(*model, s.seq + s.decode_tokens + 1);
+        auto generator = packed ? gemma3::Generator<C, float>(*packed, s.seq + s.decode_tokens + 1)
+                                : gemma3::Generator<C, float>(*model, s.seq + s.decode_tokens + 1);
         generator.append(prompt);
         std::int32_t next = 1;
         const auto start = Clock::now();
+        const double cpu_start = process_cpu_seconds();
         for (std::int64_t i = 0; i < s.decode_tokens; ++i) {
             const auto logits = generator.append(std::span<const std::int32_t>(&next, 1));
             gemma3::Index arg = 0;
@@ -180,20 +211,38 @@ void decode(const Settings& s) {
             next = static_cast<std::int32_t>(arg);
         }
         per_token = std::chrono::duration<double>(Clock::now() - start).count() / static_cast<double>(s.decode_tokens);
+        cpu_per_token = (process_cpu_seconds() - cpu_start) / static_cast<double>(s.decode_tokens);
     });
     // Bytes a decode step must read: every weight matrix once (the embedding only one row).
     const auto counts = gemma3::count_parameters(gemma3::config_file_of<C>());
-    const double bytes = 4.0 * static_cast<double>(counts.total - counts.embedding + (C::tie_word_embeddings ? counts.embedding : 0));
-    std::cerr << "decode: " << 1 / per_token << " tokens/s after a " << s.seq << "-token prompt (" << bytes / 1e6
-              << " MB of weights per token)\n";
-    report({{"mode", "decode"}, {"tokens_per_s", 1 / per_token}, {"weight_bytes_per_token", bytes}, {"prompt", s.seq}});
+    const double bytes =
+        packed ? static_cast<double>(packed->bytes_per_token())
+               : 4.0 * static_cast<double>(counts.total - counts.embedding + (C::tie_word_embeddings ? counts.embedding : 0));
+    const char* format = gemma3::weight_format_name(s.weights);
+    const char* kernels = s.weights == gemma3::WeightFormat::f32 ? "gemm"
+                          : gemma3::packed_kernels_use_avx512() ? "avx512" : "scalar";
+    std::cerr << "decode (" << format << " weights, " << kernels << "): " << 1 / per_token << " tokens/s after a " << s.seq
+              << "-token prompt (" << bytes / 1e6 << " MB of weights per token, " << bytes / per_token / 1e9
+              << " GB/s); per CPU second " << 1 / cpu_per_token << "\n";
+    report({{"mode", "decode"},
+            {"weights", format},
+            {"kernels", kernels},
+            {"tokens_per_s", 1 / per_token},
+            {"tokens_per_cpu_s", 1 / cpu_per_token},  // with one thread: the rate when the core is not shared
+            {"weight_bytes_per_token", bytes},
+            {"prompt", s.seq}});
 }
 
 template <class C>
 int run(const std::string& mode, const Settings& s) {
     if (mode == "limits" || mode == "all") limits<C>(s);
-    if (mode == "forward" || mode == "all") forward<C>(s);
-    if (mode == "train" || mode == "all") train<C>(s);
+    if (s.dtype == "bfloat16") {
+        if (mode == "forward" || mode == "all") forward<C, gemma3::bf16>(s);
+        if (mode == "train" || mode == "all") train<C, gemma3::bf16>(s);
+    } else {
+        if (mode == "forward" || mode == "all") forward<C, float>(s);
+        if (mode == "train" || mode == "all") train<C, float>(s);
+    }
     if (mode == "decode" || mode == "all") decode<C>(s);
     return 0;
 }
@@ -208,12 +257,20 @@ int main(int argc, char** argv) {
     app.add_option("--mode", mode, "limits | forward | train | decode | all")
         ->check(CLI::IsMember({"limits", "forward", "train", "decode", "all"}))
         ->capture_default_str();
+    app.add_option("--dtype", s.dtype, "float32 | bfloat16 (forward and train: Cpu<bf16> mixed precision)")
+        ->check(CLI::IsMember({"float32", "bfloat16"}))
+        ->capture_default_str();
     app.add_option("--batch", s.batch)->capture_default_str()->check(CLI::PositiveNumber);
     app.add_option("--seq", s.seq)->capture_default_str()->check(CLI::PositiveNumber);
     app.add_option("--decode-tokens", s.decode_tokens)->capture_default_str()->check(CLI::PositiveNumber);
+    std::string weights = "f32";
+    app.add_option("--weights", weights, "decode: weight format f32 | bf16 | int8")
+        ->check(CLI::IsMember({"f32", "bf16", "int8"}))
+        ->capture_default_str();
     app.add_option("--warmup", s.warmup)->capture_default_str();
     app.add_option("--repeats", s.repeats)->capture_default_str()->check(CLI::PositiveNumber);
     CLI11_PARSE(app, argc, argv);
+    s.weights = gemma3::parse_weight_format(weights);
     if (config == "seed") return run<gemma3::configs::Gemma3_270M>(mode, s);
     if (config == "tiny") return run<gemma3::configs::Gemma3Tiny>(mode, s);
     return run<gemma3::configs::Trainer_demo_model_config>(mode, s);

@@ -10,6 +10,7 @@
 #include <gemma3/ops/embedding.hpp>
 #include <gemma3/ops/geglu.hpp>
 #include <gemma3/ops/linear.hpp>
+#include <gemma3/ops/packed_linear.hpp>
 #include <gemma3/ops/rmsnorm.hpp>
 #include <gemma3/ops/rope.hpp>
 #include <gemma3/optimizer.hpp>
@@ -67,6 +68,42 @@ BENCHMARK(linear)
     ->Args({D::model, 2 * D::ffn, 1})
     ->Args({D::ffn, D::model, 0})
     ->Args({D::ffn, D::model, 1})
+    ->Unit(benchmark::kMillisecond);
+
+// The engines of the projections' products, y [512, out] = x [512, in] W^T, at the seed's shapes
+// (qkv, o, gate|up, down, head): CBLAS fp32 (OpenBLAS, as the environment sets its kernels), and
+// blas.hpp's gemm() in fp32 and with bf16 inputs (oneDNN when built with it). state.range(2):
+// 0 = CBLAS fp32, 1 = gemm() fp32, 2 = gemm() bf16 inputs with fp32 output.
+void gemm_engine(benchmark::State& state) {
+    const Index in = state.range(0), out = state.range(1);
+    const auto x = random_buffer(static_cast<std::size_t>(n * in)), w = random_buffer(static_cast<std::size_t>(out * in), 0.02f);
+    Buffer<float> y(static_cast<std::size_t>(n * out));
+    const RowMatrix<bf16> x16 = const_view(x.data(), n, in).cast<bf16>(), w16 = const_view(w.data(), out, in).cast<bf16>();
+    for (auto _ : state) {
+        switch (state.range(2)) {
+            case 0:
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(n), static_cast<blasint>(out),
+                            static_cast<blasint>(in), 1.0f, x.data(), static_cast<blasint>(in), w.data(),
+                            static_cast<blasint>(in), 0.0f, y.data(), static_cast<blasint>(out));
+                break;
+            case 1:
+                gemm(const_view(x.data(), n, in), Op::none, const_view(w.data(), out, in), Op::transpose,
+                     matrix_view(y.data(), n, out));
+                break;
+            default:
+                gemm(x16, Op::none, w16, Op::transpose, matrix_view(y.data(), n, out));
+        }
+    }
+    set_flops(state, 2.0 * static_cast<double>(n * in * out));
+    state.SetLabel(state.range(2) == 0 ? "cblas fp32" : (state.range(2) == 1 ? "gemm fp32: " : "gemm bf16: ") + gemm_engine_name());
+}
+BENCHMARK(gemm_engine)
+    ->ArgNames({"in", "out", "engine"})
+    ->ArgsProduct({{D::model}, {D::qkv}, {0, 1, 2}})
+    ->ArgsProduct({{D::q}, {D::model}, {0, 1, 2}})
+    ->ArgsProduct({{D::model}, {2 * D::ffn}, {0, 1, 2}})
+    ->ArgsProduct({{D::ffn}, {D::model}, {0, 1, 2}})
+    ->ArgsProduct({{D::model}, {D::vocab}, {0, 1, 2}})
     ->Unit(benchmark::kMillisecond);
 
 void rmsnorm(benchmark::State& state) {
@@ -223,5 +260,47 @@ void adamw(benchmark::State& state) {
 BENCHMARK(adamw)->Unit(benchmark::kMillisecond);
 
 }  // namespace
+
+// Decoding's products: one row, y [1, out] = x [1, in] W^T, at the seed's shapes (gate|up, down,
+// head), reported as GB/s of weights read (the limit is memory bandwidth). state.range(2):
+// 0 = fp32 gemm() (CBLAS sgemv), 1 = oneDNN fp32 matmul with M = 1, 2 = gemm() with bf16 inputs
+// (oneDNN bf16 matmul, M = 1), 3 = packed bf16 kernel, 4 = packed int8 kernel (ops/packed_linear.hpp).
+void packed_matvec(benchmark::State& state) {
+    const Index in = state.range(0), out = state.range(1);
+    const int engine = static_cast<int>(state.range(2));
+    const auto x = random_buffer(static_cast<std::size_t>(in)), w = random_buffer(static_cast<std::size_t>(out * in), 0.02f);
+    Buffer<float> y(static_cast<std::size_t>(out));
+    const auto wv = const_view(w.data(), out, in);
+    const RowMatrix<bf16> x16 = const_view(x.data(), 1, in).cast<bf16>(), w16 = engine == 2 ? RowMatrix<bf16>(wv.cast<bf16>()) : RowMatrix<bf16>();
+    const auto packed = engine >= 3 ? PackedMatrix::pack(wv, engine == 3 ? WeightFormat::bf16 : WeightFormat::int8) : PackedMatrix{};
+    double bytes = 4.0 * static_cast<double>(in * out);
+    if (engine == 2) bytes /= 2;
+    if (engine >= 3) bytes = static_cast<double>(packed.bytes());
+    for (auto _ : state) {
+        switch (engine) {
+            case 0: gemm(const_view(x.data(), 1, in), Op::none, wv, Op::transpose, matrix_view(y.data(), 1, out)); break;
+            case 1:
+#ifdef GEMMA3_HAVE_ONEDNN
+                detail::onednn_matmul(dnnl::memory::data_type::f32, x.data(), false, in, w.data(), true, in, y.data(), out, 1,
+                                      out, in, 1.0f, 0.0f);
+#else
+                state.SkipWithError("built without oneDNN");
+#endif
+                break;
+            case 2: gemm(x16, Op::none, w16, Op::transpose, matrix_view(y.data(), 1, out)); break;
+            default: linear_forward<float>(const_view(x.data(), 1, in), packed, matrix_view(y.data(), 1, out));
+        }
+        benchmark::DoNotOptimize(y.data());
+    }
+    set_bytes(state, bytes);
+    static const char* names[] = {"fp32 sgemv", "oneDNN fp32 M=1", "oneDNN bf16 M=1", "packed bf16", "packed int8"};
+    state.SetLabel(std::string(names[engine]) + (engine >= 3 && !packed_kernels_use_avx512() ? " (scalar)" : ""));
+}
+BENCHMARK(packed_matvec)
+    ->ArgNames({"in", "out", "engine"})
+    ->ArgsProduct({{D::model}, {2 * D::ffn}, {0, 1, 2, 3, 4}})
+    ->ArgsProduct({{D::ffn}, {D::model}, {0, 1, 2, 3, 4}})
+    ->ArgsProduct({{D::model}, {D::vocab}, {0, 1, 2, 3, 4}})
+    ->Unit(benchmark::kMicrosecond);
 
 BENCHMARK_MAIN();

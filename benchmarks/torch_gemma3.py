@@ -11,6 +11,7 @@ Mode `hf-decode` instead times transformers' Gemma3ForCausalLM.generate with its
 Prints one JSON object per measurement, like gemma3-bench.
 """
 import argparse
+import contextlib
 import json
 import math
 import time
@@ -157,6 +158,9 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--autocast", action="store_true",
+                   help='bf16 mixed precision: torch.autocast("cpu", dtype=torch.bfloat16)')
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -186,23 +190,32 @@ def main():
         return
 
     model = Gemma3(cfg)
+    if a.compile:
+        model = torch.compile(model)
+    extra = {"autocast": a.autocast, "compile": a.compile}
+
+    def precision():
+        return torch.autocast("cpu", dtype=torch.bfloat16) if a.autocast else contextlib.nullcontext()
+
     if a.mode == "forward":
         def fwd():
-            with torch.no_grad():
+            with torch.no_grad(), precision():
                 model(ids)
-        t = timed(fwd, a.warmup, a.repeats)
-        report(mode="forward", tokens_per_s=n / t, seconds=t)
+        t = timed(fwd, a.warmup + (2 if a.compile else 0), a.repeats)
+        report(mode="forward", tokens_per_s=n / t, seconds=t, **extra)
     elif a.mode == "train":
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), eps=1e-9, weight_decay=0.1)
 
         def step():
-            loss = F.cross_entropy(model(ids).view(-1, cfg["vocab"]), targets.view(-1))
+            with precision():
+                logits = model(ids)
+            loss = F.cross_entropy(logits.float().view(-1, cfg["vocab"]), targets.view(-1))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
-        t = timed(step, a.warmup, a.repeats)
-        report(mode="train", tokens_per_s=n / t, seconds=t)
+        t = timed(step, a.warmup + (2 if a.compile else 0), a.repeats)
+        report(mode="train", tokens_per_s=n / t, seconds=t, **extra)
     else:  # decode without a cache: the seed's own generate recomputes the whole prefix each step
         prompt = ids[:1]
 

@@ -1,9 +1,88 @@
-# gemma3_generate_config(NAME <TypeName> JSON <model_config.json> OUTPUT <header> [NAMESPACE <ns>])
+# gemma3_generate_config(NAME <TypeName> JSON <config file> OUTPUT <header> [NAMESPACE <ns>])
 #
-# Writes a header that defines the compile-time config type <ns>::<TypeName> from a model config
-# file, so a new architecture takes one line of CMake. The header is regenerated when the JSON
-# changes. The full validation (types, ranges, cross-field rules) happens when the library loads
-# the same file at run time and checks it against this type; here we only read the fields.
+# Writes a header that defines the compile-time config type <ns>::<TypeName> (default namespace
+# gemma3::configs) from a model config file: our model_config.json, or a Hugging Face config.json
+# (told apart by their fields). A new architecture then takes one line of CMake; put the OUTPUT's
+# folder on the include path of the targets that use it. The header is regenerated when the file
+# changes.
+#
+# The work is done by the library itself, so this file keeps no list of fields: a small program
+# around gemma3::generate_config_main() (<gemma3/config_header.hpp>) is compiled once per build tree
+# at configure time, reads and checks the file exactly as the library does at run time (every
+# problem reported at once), and writes the constants from the library's field table. It is rebuilt
+# when the library's headers change. Needs a C++20 compiler that can build programs for this
+# machine (not a cross-compiler).
+
+set(_gemma3_generate_config_list_dir "${CMAKE_CURRENT_LIST_DIR}")
+
+# Builds (or reuses) the generator program; sets <out_var> to its path.
+function(_gemma3_config_generator out_var)
+  get_property(tool GLOBAL PROPERTY _gemma3_config_generator)
+  if(tool)
+    set(${out_var} "${tool}" PARENT_SCOPE)
+    return()
+  endif()
+
+  # Where the headers are: an installed package's imported target knows; in a source checkout
+  # they are next to this file's folder.
+  set(link_libraries "")
+  set(include_dirs "")
+  if(TARGET gemma3::gemma3)
+    get_target_property(imported gemma3::gemma3 IMPORTED)
+  else()
+    set(imported FALSE)
+  endif()
+  if(imported)
+    get_target_property(include_dirs gemma3::gemma3 INTERFACE_INCLUDE_DIRECTORIES)
+    set(link_libraries gemma3::gemma3)
+  else()
+    get_filename_component(include_dirs "${_gemma3_generate_config_list_dir}/../include" ABSOLUTE)
+    if(TARGET nlohmann_json::nlohmann_json)
+      set(link_libraries nlohmann_json::nlohmann_json)
+    endif()
+  endif()
+
+  # Rebuild only when a header changed: a hash of all of them.
+  set(headers "")
+  foreach(dir IN LISTS include_dirs)
+    file(GLOB_RECURSE found "${dir}/gemma3/*.hpp")
+    list(APPEND headers ${found})
+  endforeach()
+  list(SORT headers)
+  set(hashes "")
+  foreach(header IN LISTS headers)
+    file(SHA256 "${header}" hash)
+    string(APPEND hashes "${header} ${hash}\n")
+  endforeach()
+  string(SHA256 stamp "${hashes}${CMAKE_CXX_COMPILER}")
+
+  set(dir "${CMAKE_BINARY_DIR}/gemma3_config_generator")
+  set(tool "${dir}/gemma3-generate-config${CMAKE_EXECUTABLE_SUFFIX}")
+  set(old_stamp "")
+  if(EXISTS "${dir}/stamp" AND EXISTS "${tool}")
+    file(READ "${dir}/stamp" old_stamp)
+  endif()
+  if(NOT old_stamp STREQUAL stamp)
+    message(STATUS "gemma3_generate_config: building the config generator")
+    file(WRITE "${dir}/main.cpp"
+         "#include <gemma3/config_header.hpp>\n"
+         "int main(int argc, char** argv) { return gemma3::generate_config_main(argc, argv); }\n")
+    try_compile(built "${dir}/build"
+      SOURCES "${dir}/main.cpp"
+      CMAKE_FLAGS "-DINCLUDE_DIRECTORIES=${include_dirs}"
+      LINK_LIBRARIES ${link_libraries}
+      CXX_STANDARD 20 CXX_STANDARD_REQUIRED ON CXX_EXTENSIONS OFF
+      OUTPUT_VARIABLE log
+      COPY_FILE "${tool}")
+    if(NOT built)
+      message(FATAL_ERROR "gemma3_generate_config: cannot build the config generator from ${include_dirs}:\n${log}")
+    endif()
+    file(WRITE "${dir}/stamp" "${stamp}")
+  endif()
+  set_property(GLOBAL PROPERTY _gemma3_config_generator "${tool}")
+  set(${out_var} "${tool}" PARENT_SCOPE)
+endfunction()
+
 function(gemma3_generate_config)
   cmake_parse_arguments(ARG "" "NAME;JSON;OUTPUT;NAMESPACE" "" ${ARGN})
   if(NOT ARG_NAME OR NOT ARG_JSON OR NOT ARG_OUTPUT)
@@ -13,101 +92,20 @@ function(gemma3_generate_config)
     set(ARG_NAMESPACE "gemma3::configs")
   endif()
   get_filename_component(json_path "${ARG_JSON}" ABSOLUTE)
+  get_filename_component(output_path "${ARG_OUTPUT}" ABSOLUTE BASE_DIR "${CMAKE_CURRENT_BINARY_DIR}")
   set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS "${json_path}")
-  file(READ "${json_path}" text)
+  get_filename_component(output_dir "${output_path}" DIRECTORY)
+  file(MAKE_DIRECTORY "${output_dir}")
 
-  macro(_gemma3_get out key)
-    string(JSON ${out} ERROR_VARIABLE err GET "${text}" ${key})
-    if(err)
-      message(FATAL_ERROR "gemma3_generate_config: ${json_path}: field '${key}': ${err}")
-    endif()
-  endmacro()
-  macro(_gemma3_get_or out key default)
-    string(JSON ${out} ERROR_VARIABLE err GET "${text}" ${key})
-    if(err)
-      set(${out} "${default}")
-    endif()
-  endmacro()
-
-  set(body "    static constexpr std::string_view name = \"${ARG_NAMESPACE}::${ARG_NAME}\";\n")
-  # head_dim may be omitted (the seed's rule): then it is emb_dim / n_heads.
-  string(JSON head_dim ERROR_VARIABLE err GET "${text}" head_dim)
-  if(err)
-    _gemma3_get(emb emb_dim)
-    _gemma3_get(heads n_heads)
-    math(EXPR head_dim "${emb} / ${heads}")
-  endif()
-  foreach(key vocab_size context_length emb_dim n_heads n_layers hidden_dim head_dim n_kv_groups sliding_window)
-    if(key STREQUAL "head_dim")
-      set(v "${head_dim}")
-    else()
-      _gemma3_get(v ${key})
-    endif()
-    if(NOT v MATCHES "^[0-9]+$")
-      message(FATAL_ERROR "gemma3_generate_config: ${json_path}: field '${key}' is '${v}', expected a positive integer")
-    endif()
-    string(APPEND body "    static constexpr int ${key} = ${v};\n")
-  endforeach()
-  foreach(key query_pre_attn_scalar rope_local_base rope_base)
-    _gemma3_get(v ${key})
-    if(NOT v MATCHES "^-?[0-9]+(\\.[0-9]*)?([eE][-+]?[0-9]+)?$")
-      message(FATAL_ERROR "gemma3_generate_config: ${json_path}: field '${key}' is '${v}', expected a number")
-    endif()
-    string(APPEND body "    static constexpr double ${key} = ${v};\n")
-  endforeach()
-  _gemma3_get_or(v rms_norm_eps 1e-6)
-  string(APPEND body "    static constexpr double rms_norm_eps = ${v};\n")
-  foreach(key qk_norm tie_word_embeddings)
-    if(key STREQUAL "qk_norm")
-      _gemma3_get(v ${key})
-    else()
-      _gemma3_get_or(v ${key} OFF)
-    endif()
-    string(JSON type ERROR_VARIABLE err TYPE "${text}" ${key})
-    if(NOT err AND NOT type STREQUAL "BOOLEAN")
-      message(FATAL_ERROR "gemma3_generate_config: ${json_path}: field '${key}' is '${v}', expected true or false")
-    endif()
-    if(v)
-      string(APPEND body "    static constexpr bool ${key} = true;\n")
-    else()
-      string(APPEND body "    static constexpr bool ${key} = false;\n")
-    endif()
-  endforeach()
-
-  string(JSON n_types ERROR_VARIABLE err LENGTH "${text}" layer_types)
-  if(err)
-    message(FATAL_ERROR "gemma3_generate_config: ${json_path}: field 'layer_types': ${err}")
-  endif()
-  set(kinds "")
-  math(EXPR last "${n_types} - 1")
-  foreach(i RANGE ${last})
-    string(JSON t GET "${text}" layer_types ${i})
-    if(t STREQUAL "sliding_attention")
-      list(APPEND kinds "::gemma3::SlidingAttention")
-    elseif(t STREQUAL "full_attention")
-      list(APPEND kinds "::gemma3::FullAttention")
-    else()
-      message(FATAL_ERROR "gemma3_generate_config: ${json_path}: layer_types[${i}] is '${t}', "
-                          "expected \"sliding_attention\" or \"full_attention\"")
-    endif()
-  endforeach()
-  list(JOIN kinds ", " kinds)
-  string(APPEND body "    using layer_types = ::gemma3::LayerPattern<${kinds}>;\n")
-
-  string(CONCAT content
-    "// Generated by gemma3_generate_config() from ${json_path}. Do not edit.\n"
-    "#pragma once\n#include <gemma3/config.hpp>\n#include <string_view>\n\n"
-    "namespace ${ARG_NAMESPACE} {\n\n"
-    "struct ${ARG_NAME} {\n" "${body}" "};\n"
-    "static_assert(::gemma3::check_config<${ARG_NAME}>());\n\n"
-    "}  // namespace ${ARG_NAMESPACE}\n")
-  # Rewrite only on change, so dependents are not rebuilt for nothing.
-  if(EXISTS "${ARG_OUTPUT}")
-    file(READ "${ARG_OUTPUT}" old)
-  else()
-    set(old "")
-  endif()
-  if(NOT old STREQUAL content)
-    file(WRITE "${ARG_OUTPUT}" "${content}")
+  _gemma3_config_generator(tool)
+  execute_process(
+    COMMAND "${tool}" "${json_path}" "${output_path}" "${ARG_NAME}" "${ARG_NAMESPACE}"
+    RESULT_VARIABLE status
+    OUTPUT_VARIABLE out
+    ERROR_VARIABLE err)
+  if(NOT status EQUAL 0)
+    message(FATAL_ERROR "gemma3_generate_config(NAME ${ARG_NAME}) failed:\n${err}")
+  elseif(err)
+    message(WARNING "gemma3_generate_config(NAME ${ARG_NAME}):\n${err}")
   endif()
 endfunction()

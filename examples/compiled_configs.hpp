@@ -52,8 +52,8 @@ inline std::string no_compiled_config_message(const std::string& source, const s
         ((names += "  " + std::string(config_name<std::tuple_element_t<I, CompiledConfigs>>()) + "\n"), ...);
     }(std::make_index_sequence<std::tuple_size_v<CompiledConfigs>>{});
     return "no compiled config type matches " + source + ". " + program + " contains:\n" + names +
-           "To run another architecture, add its model_config.json to the CMake list GEMMA3_TRAINER_CONFIGS "
-           "(cmake -DGEMMA3_TRAINER_CONFIGS=\"a.json;b.json\") and rebuild.";
+           "To run another architecture, add its model config (our model_config.json or Hugging Face's config.json) "
+           "to the CMake list GEMMA3_TRAINER_CONFIGS (cmake -DGEMMA3_TRAINER_CONFIGS=\"a.json;b.json\") and rebuild.";
 }
 
 }  // namespace gemma3::programs

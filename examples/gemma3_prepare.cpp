@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <csignal>
 #include <cinttypes>
 #include <cstdio>
 #include <iostream>
@@ -92,6 +93,9 @@ private:
 }  // namespace
 
 int main(int argc, char** argv) {
+    // Past a file-size limit (ulimit -f) write() then fails with EFBIG and the run ends with an
+    // error naming the file, its previous outputs intact; SIGXFSZ's default would kill it mid-write.
+    std::signal(SIGXFSZ, SIG_IGN);
     CLI::App app{
         "Tokenize text files (GPT-2 BPE, tiktoken-compatible) into train.bin and validation.bin: flat little-endian "
         "uint16 token ids, the seed's format, read by gemma3-train --data-dir.\n"

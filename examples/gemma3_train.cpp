@@ -33,6 +33,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <type_traits>
 
 #ifdef GEMMA3_HAVE_CUDA
 #include "gemma3_train_cuda.hpp"
@@ -44,6 +45,9 @@ template <class C>
 gemma3::TrainSummary train(const gemma3::ModelConfigFile& model, const gemma3::TrainingConfig& training,
                            const gemma3::TrainOptions& options) {
     if (training.dtype == "float64") return gemma3::Trainer<C, double>(model, training, options).run();
+    if (training.dtype == "bfloat16") {  // mixed precision: bf16 products, fp32 master weights
+        return gemma3::Trainer<C, float, gemma3::CpuEngine<C, gemma3::bf16>>(model, training, options).run();
+    }
     return gemma3::Trainer<C, float>(model, training, options).run();
 }
 
@@ -127,6 +131,9 @@ void install_fault_injection(gemma3::TrainOptions& options, int rank) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    // Past a file-size limit (ulimit -f) write() then fails with EFBIG and the run ends with an
+    // error naming the file, its previous outputs intact; SIGXFSZ's default would kill it mid-write.
+    std::signal(SIGXFSZ, SIG_IGN);
     CLI::App app{"Train a Gemma 3 model on token files (the seed's loop)"};
     std::string model_path = "config/model_config.json", training_path = "config/training_config.json";
     gemma3::TrainOptions options;
@@ -168,17 +175,21 @@ int main(int argc, char** argv) {
         std::replace(field.begin(), field.end(), '_', '-');
         return names.find('_') == std::string::npos ? names : names + ",--" + field;
     };
-    for (const char* f : {"learning_rate", "min_lr", "beta1", "beta2", "adam_eps", "weight_decay", "grad_clip",
-                          "warmup_start_factor"}) {
-        given[f] = app.add_option(flag_names(f), numbers[f], "training config field " + std::string(f));
-    }
-    for (const char* f : {"warmup_steps", "max_iters", "eval_iters", "batch_size", "block_size",
-                          "gradient_accumulation_steps", "eval_interval", "eval_batches", "seed", "log_interval"}) {
-        given[f] = app.add_option(flag_names(f), integers[f], "training config field " + std::string(f));
-    }
-    for (const char* f : {"device", "dtype", "ptdtype"}) {
-        given[f] = app.add_option(flag_names(f), strings[f], "training config field " + std::string(f));
-    }
+    // One flag per row of the field table (gemma3/config_fields.hpp), read as its type's JSON kind.
+    const auto add_override = [&]<class T>(std::type_identity<T>, const std::string& field, const char* description) {
+        const std::string help = "training config field " + field + ": " + description;
+        if constexpr (std::is_same_v<T, double>) {
+            given[field] = app.add_option(flag_names(field), numbers[field], help);
+        } else if constexpr (std::is_integral_v<T>) {
+            given[field] = app.add_option(flag_names(field), integers[field], help);
+        } else {
+            given[field] = app.add_option(flag_names(field), strings[field], help);
+        }
+    };
+#define GEMMA3_OVERRIDE_FLAG(type, name, presence, rule, hugging_face, description) \
+    add_override(std::type_identity<type>{}, #name, description);
+    GEMMA3_TRAINING_CONFIG_FIELDS(GEMMA3_OVERRIDE_FLAG)
+#undef GEMMA3_OVERRIDE_FLAG
     CLI11_PARSE(app, argc, argv);
     options.parallel.sampling = sampling == "shared" ? gemma3::BatchSampling::shared : gemma3::BatchSampling::per_rank;
 

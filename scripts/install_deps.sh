@@ -6,8 +6,9 @@ set -euo pipefail
 packages=(
   cmake ninja-build g++ pkg-config python3 python3-pip python3-venv
   libeigen3-dev nlohmann-json3-dev doctest-dev libcli11-dev libpcre2-dev libbenchmark-dev
-  libopenblas-dev libopenblas0-openmp libboost-context-dev
+  libopenblas-dev libopenblas0-openmp libdnnl-dev libboost-context-dev
   openmpi-bin libopenmpi-dev
+  clang libclang-rt-dev libomp-dev
   bible-kjv bible-kjv-text
 )
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's test command: on a fresh machine, installs what is missing, builds everything and
 # runs every test — a Release build, the same tests under AddressSanitizer + UndefinedBehavior-
-# Sanitizer, and a downstream project built against an installed copy of the library.
+# Sanitizer, libFuzzer on every fuzz harness for a bounded time (GEMMA3_FUZZ_SECONDS each, 40 by
+# default), and a downstream project built against an installed copy of the library.
 # Exits non-zero as soon as anything fails.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -46,6 +47,15 @@ cmake -S . -B build/sanitize -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DGEMMA3
 cmake --build build/sanitize -j "$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build/sanitize --output-on-failure
+
+step "fuzzing: each harness of tests/fuzz under libFuzzer for ${GEMMA3_FUZZ_SECONDS:=40} s"
+# The corpora already ran as tests above; this searches for new inputs for a bounded time and fails
+# on any finding. scripts/fuzz.sh NAME SECONDS runs one harness longer.
+if command -v clang++ > /dev/null; then
+  scripts/fuzz.sh all "$GEMMA3_FUZZ_SECONDS"
+else
+  echo "no clang++ (Debian: clang libclang-rt-dev): fuzzing skipped"
+fi
 
 step "downstream project against an installed copy"
 rm -rf build/install build/downstream

@@ -1,9 +1,20 @@
 // Generation: cached decoding equals a full recompute, the cache's memory follows its formula, and
-// sampling is deterministic and draws from the right distribution.
+// sampling is deterministic and draws from the right distribution. Packed inference weights (bf16,
+// blockwise int8) decode like the double model holding the same packed weights.
 //
 // Cached and full forward passes compute the same sums in different orders (the cache path splits
 // each softmax over two key sets), so in double they agree to a few ulps times the chain of
 // reductions: 1e-12 relative.
+//
+// Packed weights. The generator then computes in fp32 (u_f = 2^-24) with the stored weights exactly
+// (bf16 widens exactly; an int8 weight is q * scale, applied as a block's partial sum times its
+// scale). Against the double model holding exactly those weights, each dot product of length n errs
+// by at most n u_f times the sum of its terms' magnitudes (Higham's bound); a logit's dependency path
+// has about 10 such operations per block (norms, products, attention, residual adds) plus the final
+// norm and head, with gain of order one (the norms renormalise). So the normwise relative error is
+// below (10 L + 2) n_max u_f, n_max the longest reduction (2 * hidden_dim). Weights left in fp32,
+// i.e. not rounded to bf16, would differ by up to 2^-9 relative per weight: ten times that bound
+// and more at these sizes, so the test notices.
 #include <doctest/doctest.h>
 
 #include <gemma3/generation.hpp>
@@ -41,6 +52,46 @@ std::unique_ptr<Model<C, Cpu<double>>> random_model() {
 double relative_difference(ConstMatrixView<double> a, ConstMatrixView<double> b) {
     return (a - b).cwiseAbs().maxCoeff() / b.cwiseAbs().maxCoeff();
 }
+
+template <class C>
+std::unique_ptr<Model<C, Cpu<float>>> to_float(const Model<C, Cpu<double>>& model) {
+    auto out = std::make_unique<Model<C, Cpu<float>>>();
+    const auto n = static_cast<std::size_t>(ParameterLayout<C>::total);
+    for (std::size_t i = 0; i < n; ++i) out->parameters.data()[i] = static_cast<float>(model.parameters.data()[i]);
+    return out;
+}
+
+// The double model whose weights are exactly the packed ones (norms: the fp32 model's).
+template <class C>
+std::unique_ptr<Model<C, Cpu<double>>> with_packed_weights(const Model<C, Cpu<float>>& source, const PackedWeights<C>& packed) {
+    using D = Dims<C>;
+    auto out = std::make_unique<Model<C, Cpu<double>>>();
+    const auto n = static_cast<std::size_t>(ParameterLayout<C>::total);
+    for (std::size_t i = 0; i < n; ++i) out->parameters.data()[i] = static_cast<double>(source.parameters.data()[i]);
+    auto w = out->parameters.weights();
+    const auto put = [](const PackedMatrix& m, double* dst) {
+        for (Index r = 0; r < m.rows; ++r)
+            for (Index c = 0; c < m.cols; ++c) dst[r * m.cols + c] = m.value(r, c);
+    };
+    for (int l = 0; l < D::layers; ++l) {
+        const auto& p = packed.block(l);
+        auto& b = w.blocks[static_cast<std::size_t>(l)];
+        put(p.q_proj, b.q_proj);
+        put(p.o_proj, b.o_proj);
+        put(p.gate_proj, b.gate_proj);
+        put(p.down_proj, b.down_proj);
+    }
+    put(packed.head(), w.lm_head);
+    put(packed.embed(), w.embed);
+    return out;
+}
+
+// Restores the kernel choice at the end of a scope.
+struct ScalarKernels {
+    explicit ScalarKernels(bool on) : saved(detail::packed_kernels_force_scalar()) { detail::packed_kernels_force_scalar() = on; }
+    ~ScalarKernels() { detail::packed_kernels_force_scalar() = saved; }
+    bool saved;
+};
 
 }  // namespace
 
@@ -156,4 +207,178 @@ TEST_CASE("sampling follows softmax(logits / temperature), restricted by top-k a
     for (int i = 0; i < 100; ++i) CHECK(a.sample(std::span<const double>(logits)) == b.sample(std::span<const double>(logits)));
     CHECK_THROWS_AS(TokenSampler({-1.0, 0, 1.0, 0}), std::invalid_argument);
     CHECK_THROWS_AS(TokenSampler({1.0, 0, 0.0, 0}), std::invalid_argument);
+}
+
+TEST_CASE("packed bf16 and int8 weights decode like the double model holding the same weights, cached = recompute") {
+    using C = SmallWindow;
+    using D = Dims<C>;
+    const auto model = to_float(*random_model<C>());
+    std::mt19937 rng(11);
+    std::vector<std::int32_t> tokens(40);
+    for (auto& t : tokens) t = static_cast<std::int32_t>(rng() % C::vocab_size);
+    const double fp32_bound = (10.0 * D::layers + 2) * (2 * D::ffn) * 0x1p-24;
+    // bf16 prefill (pieces of several tokens) rounds the inputs of its GEMMs to bf16: 4 per block
+    // (attn_in, attn, mlp_in, act) and the head's, each a relative error of at most u_b = 2^-8,
+    // independent from one to the next and carried with gain of order one: a random walk of
+    // m = 4 L + 1 steps, u_b sqrt(m / 3); we allow 4 u_b sqrt(m) (as the CUDA model test does).
+    const double bf16_prefill_bound = 4 * 0x1p-8 * std::sqrt(4.0 * D::layers + 1) + fp32_bound;
+    for (const auto format : {WeightFormat::bf16, WeightFormat::int8}) {
+        const PackedWeights<C> packed(std::as_const(model->parameters).weights(), format);
+        const auto reference = with_packed_weights(*model, packed);
+        const RowMatrix<double> full = reference->forward(tokens, 1, 40);
+        for (const bool scalar : {false, true}) {  // the AVX-512 kernels (where the CPU has them) and the portable ones
+            const ScalarKernels choice(scalar);
+            // A prompt of 7, single tokens, pieces of 5, 9 and 13 in chunks of 128 or 3; and every
+            // token on its own (decoding only: all products are the fp32 matrix-vector kernels).
+            const std::vector<std::vector<Index>> schedules = {{7, 1, 1, 5, 1, 9, 1, 1, 1, 13}, std::vector<Index>(40, 1)};
+            for (const auto& pieces : schedules) {
+                const bool prefill = pieces[0] > 1;
+                const double bound = format == WeightFormat::bf16 && prefill ? bf16_prefill_bound : fp32_bound;
+                for (const Index chunk : {Index{128}, Index{3}}) {
+                    CAPTURE(std::string(weight_format_name(format)));
+                    CAPTURE(scalar);
+                    CAPTURE(prefill);
+                    CAPTURE(chunk);
+                    Generator<C, float> generator(packed, C::context_length, chunk);
+                    Index done = 0;
+                    double worst = 0;
+                    for (const Index piece : pieces) {
+                        const auto cached = generator.append(
+                            std::span(tokens).subspan(static_cast<std::size_t>(done), static_cast<std::size_t>(piece)), true);
+                        const RowMatrix<double> got = cached.cast<double>();
+                        const double err = relative_difference(const_view(got.data(), piece, D::vocab),
+                                                               const_view(full.data() + done * D::vocab, piece, D::vocab));
+                        worst = std::max(worst, err);
+                        CHECK(err <= bound);
+                        done += piece;
+                    }
+                    const std::string what = std::string(weight_format_name(format)) + (scalar ? " scalar" : " avx512") +
+                                             (prefill ? " prefill+decode" : " decode only");
+                    MESSAGE(what << " chunk " << chunk << ": worst relative difference " << worst
+                                                                    << " (bound " << bound << ")");
+                }
+            }
+        }
+        // The fp32 bound is tight enough to notice weights that were not packed (the unrounded model).
+        const auto unpacked = std::make_unique<Model<C, Cpu<double>>>();
+        for (std::size_t i = 0; i < static_cast<std::size_t>(ParameterLayout<C>::total); ++i)
+            unpacked->parameters.data()[i] = static_cast<double>(model->parameters.data()[i]);
+        CHECK(relative_difference(unpacked->forward(tokens, 1, 40), const_view(full.data(), 40, D::vocab)) > 3 * fp32_bound);
+    }
+}
+
+// Packed weights against the unpacked model. Packing perturbs each weight matrix W by dW with
+// |dW_ij| <= u_b |W_ij| (bf16, u_b = 2^-8) or <= scale / 2 = max|block| / 254 (int8). A product's
+// output then moves by ||dW x|| ~ eps_W ||W x||, eps_W = ||dW||_F / ||W||_F bounded from those
+// definitions (computed below from the unpacked weights, not from the packer); the norms keep the
+// gain of order one, and independent perturbations of the 4 L + 2 matrices add like a random walk:
+// sqrt(sum eps_W^2). We allow four times that (plus the fp32 bound above) as the normwise relative
+// error of the logits. Greedy tokens must then agree wherever the reference's top-2 margin exceeds
+// twice that error (the bound applied row by row: each position's logits are their own product).
+TEST_CASE("packed decoding stays within its quantisation bound of the unpacked model; greedy tokens agree where the margin is clear") {
+    using C = SmallWindow;
+    using D = Dims<C>;
+    const auto source = random_model<C>();
+    const auto model = to_float(*source);
+    const auto w = std::as_const(model->parameters).weights();
+    std::vector<ConstMatrixView<float>> matrices = {const_view(w.embed, D::vocab, D::model), const_view(w.lm_head, D::vocab, D::model)};
+    for (const auto& b : w.blocks) {
+        matrices.push_back(const_view(b.q_proj, D::qkv, D::model));
+        matrices.push_back(const_view(b.o_proj, D::model, D::q));
+        matrices.push_back(const_view(b.gate_proj, 2 * D::ffn, D::model));
+        matrices.push_back(const_view(b.down_proj, D::model, D::ffn));
+    }
+    const double fp32_bound = (10.0 * D::layers + 2) * (2 * D::ffn) * 0x1p-24;
+    // Greedy continuation of a prompt by the unpacked model (double), and its logits at every position.
+    std::vector<std::int32_t> sequence = {5, 17, 3};
+    const Index length = C::context_length;
+    while (static_cast<Index>(sequence.size()) < length) {
+        const auto logits = source->forward(sequence, 1, static_cast<Index>(sequence.size()));
+        Index next = 0;
+        logits.row(logits.rows() - 1).maxCoeff(&next);
+        sequence.push_back(static_cast<std::int32_t>(next));
+    }
+    const RowMatrix<double> reference = source->forward(sequence, 1, length);
+    for (const auto format : {WeightFormat::bf16, WeightFormat::int8}) {
+        CAPTURE(std::string(weight_format_name(format)));
+        double eps_squared = 0;
+        for (const auto& m : matrices) {
+            double perturbation = 0;  // bound on ||dW||_F^2
+            if (format == WeightFormat::bf16) {
+                perturbation = 0x1p-16 * m.cast<double>().squaredNorm();
+            } else {
+                for (Index r = 0; r < m.rows(); ++r) {
+                    for (Index c0 = 0; c0 < m.cols(); c0 += PackedMatrix::block) {
+                        const Index n = std::min(PackedMatrix::block, m.cols() - c0);
+                        const double half_step = m.row(r).segment(c0, n).cwiseAbs().maxCoeff() / 254.0;
+                        perturbation += static_cast<double>(n) * half_step * half_step;
+                    }
+                }
+            }
+            eps_squared += perturbation / m.cast<double>().squaredNorm();
+        }
+        const double bound = 4 * std::sqrt(eps_squared) + fp32_bound;
+        const PackedWeights<C> packed(w, format);
+        Generator<C, float> generator(packed, C::context_length, 8);
+        const auto got = generator.append(sequence, true);
+        const RowMatrix<double> logits = got.cast<double>();
+        const double err = relative_difference(const_view(logits.data(), length, D::vocab), const_view(reference.data(), length, D::vocab));
+        CHECK(err <= bound);
+        int checked = 0;
+        for (Index i = 2; i + 1 < length; ++i) {  // position i predicts sequence[i + 1]
+            auto row = reference.row(i);
+            Eigen::Index top = 0;
+            const double best = row.maxCoeff(&top);
+            double second = -1e300;
+            for (Index c = 0; c < D::vocab; ++c)
+                if (c != top) second = std::max(second, row(c));
+            if (best - second <= 2 * bound * row.cwiseAbs().maxCoeff()) continue;
+            Eigen::Index chosen = 0;
+            logits.row(i).maxCoeff(&chosen);
+            CHECK(chosen == top);
+            ++checked;
+        }
+        CHECK(checked >= 5);  // the check must not be vacuous
+        MESSAGE(std::string(weight_format_name(format)) << ": logits within " << err << " of the unpacked model (bound " << bound
+                                           << "); greedy tokens compared at " << checked << " of " << length - 3 << " positions");
+    }
+}
+
+// The packed products alone, at a size with several row panels (int8 prefill widens 1024 rows at a
+// time), rows not a multiple of the kernels' 4 and columns with a partial block (72 = 2 x 32 + 8).
+// Each output against the double product of the stored weights, within the componentwise bound of
+// an fp32 dot product, gamma_n sum |w x| with gamma_n ~ n u_f (n = 72 terms, plus one for an int8
+// block's scale); bf16 prefill also rounds x to bf16: + u_b sum |w x|.
+TEST_CASE("packed linear_forward equals the double product of the stored weights, one row and several") {
+    const Index rows = 2101, cols = 72;
+    std::mt19937 rng(5);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    RowMatrix<float> w(rows, cols), x(3, cols);
+    for (Index i = 0; i < w.size(); ++i) w.data()[i] = normal(rng);
+    for (Index i = 0; i < x.size(); ++i) x.data()[i] = normal(rng);
+    for (const auto format : {WeightFormat::bf16, WeightFormat::int8}) {
+        const auto packed = PackedMatrix::pack(const_view(w.data(), rows, cols), format);
+        RowMatrix<double> stored(rows, cols);
+        for (Index r = 0; r < rows; ++r)
+            for (Index c = 0; c < cols; ++c) stored(r, c) = packed.value(r, c);
+        for (const bool scalar : {false, true}) {
+            const ScalarKernels choice(scalar);
+            for (const Index m : {Index{1}, Index{3}}) {
+                CAPTURE(std::string(weight_format_name(format)));
+                CAPTURE(scalar);
+                CAPTURE(m);
+                RowMatrix<float> y(m, rows);
+                linear_forward<float>(const_view(x.data(), m, cols), packed, matrix_view(y.data(), m, rows));
+                const RowMatrix<double> xd = x.topRows(m).cast<double>();
+                const RowMatrix<double> exact = xd * stored.transpose();
+                const RowMatrix<double> magnitude = xd.cwiseAbs() * stored.cwiseAbs().transpose();
+                const double rounding = (format == WeightFormat::bf16 && m > 1 ? 0x1p-8 : 0.0) + (cols + 1) * 0x1p-24;
+                int bad = 0;
+                for (Index i = 0; i < m; ++i)
+                    for (Index r = 0; r < rows; ++r)
+                        if (std::abs(static_cast<double>(y(i, r)) - exact(i, r)) > rounding * magnitude(i, r)) ++bad;
+                CHECK(bad == 0);
+            }
+        }
+    }
 }

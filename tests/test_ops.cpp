@@ -98,6 +98,51 @@ TEST_CASE("gemm with a single row (the matrix-vector path) handles every transpo
     CHECK(rel_error(c, wide.block(1, 4, 1, 9) * bt.transpose()) < 1e-14);
 }
 
+// float and bf16-input products (oneDNN when built with it) against the double product of the same
+// inputs. Bounds: the inputs are exactly representable in the product's input type, so only the
+// fp32 accumulation rounds: |error| <= k u32 sum|a||b| (u32 = 2^-24), with k = 64 here; we allow
+// 2k u32 of sum |a_i||b_i|, per element.
+TEST_CASE("gemm in float and with bf16 inputs matches the double product for every transpose, stride, alpha and beta") {
+    std::mt19937_64 rng(21);
+    const Index m = 37, n = 29, k = 64;
+    for (const bool bf16_inputs : {false, true}) {
+        for (const int transposes : {0, 1, 2, 3}) {
+            const Op op_a = transposes & 1 ? Op::transpose : Op::none, op_b = transposes & 2 ? Op::transpose : Op::none;
+            // Operands inside wider matrices (outer stride > cols), values exact in bf16.
+            Mat a_big = random_matrix(op_a == Op::none ? m : k, (op_a == Op::none ? k : m) + 3, rng);
+            Mat b_big = random_matrix(op_b == Op::none ? k : n, (op_b == Op::none ? n : k) + 5, rng);
+            for (Mat* x : {&a_big, &b_big})
+                for (Index i = 0; i < x->size(); ++i) x->data()[i] = static_cast<double>(static_cast<float>(bf16(static_cast<float>(x->data()[i]))));
+            const auto a_d = a_big.leftCols(a_big.cols() - 3), b_d = b_big.leftCols(b_big.cols() - 5);
+            const Mat c0 = random_matrix(m, n, rng);
+            const double alpha = 0.75, beta = -1.5;
+            const Mat oa = op_a == Op::none ? Mat(a_d) : Mat(a_d.transpose()), ob = op_b == Op::none ? Mat(b_d) : Mat(b_d.transpose());
+            const Mat want = alpha * oa * ob + beta * c0;
+            const Mat scale = oa.cwiseAbs() * ob.cwiseAbs();
+            RowMatrix<float> c = c0.cast<float>();
+            const RowMatrix<float> a_f = a_big.cast<float>(), b_f = b_big.cast<float>();
+            const RowMatrix<bf16> a_h = a_f.cast<bf16>(), b_h = b_f.cast<bf16>();
+            if (bf16_inputs) {
+                gemm(const_view(a_h.data(), a_d.rows(), a_d.cols(), a_h.cols()), op_a,
+                     const_view(b_h.data(), b_d.rows(), b_d.cols(), b_h.cols()), op_b,
+                     matrix_view(c.data(), m, n), float(alpha), float(beta));
+            } else {
+                gemm(const_view(a_f.data(), a_d.rows(), a_d.cols(), a_f.cols()), op_a,
+                     const_view(b_f.data(), b_d.rows(), b_d.cols(), b_f.cols()), op_b,
+                     matrix_view(c.data(), m, n), float(alpha), float(beta));
+            }
+            const double u32 = std::ldexp(1.0, -24);
+            const Mat err = (c.cast<double>() - want).cwiseAbs();
+            const Mat bound = (2.0 * k * u32) * (std::abs(alpha) * scale + std::abs(beta) * c0.cwiseAbs()) +
+                              Mat::Constant(m, n, 1e-30);
+            INFO("bf16 inputs " << bf16_inputs << ", transposes " << transposes);
+            CHECK((err.array() <= bound.array()).all());
+            // Not vacuous: the products are far from zero next to the bound.
+            CHECK(want.cwiseAbs().maxCoeff() > 1e3 * bound.maxCoeff());
+        }
+    }
+}
+
 TEST_CASE("embedding gathers scaled rows and scatter-adds repeated ids") {
     std::mt19937_64 rng(2);
     Mat table = random_matrix(11, 4, rng);

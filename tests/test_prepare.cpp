@@ -23,6 +23,7 @@
 #include <functional>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 namespace fs = std::filesystem;
@@ -382,7 +383,8 @@ TEST_CASE("the validation share is the requested fraction, within one chunk") {
     const auto reference = reference_stream({read_bytes(text)}, false);
     for (const double f : {0.05, 0.1, 0.25, 0.5}) {
         CAPTURE(f);
-        auto options = options_for({text}, scratch.path / ("f" + std::to_string(f)));
+        // append, not "f" + ...: GCC 12 reports a false -Wrestrict for that once inlined (PR 105329).
+        auto options = options_for({text}, scratch.path / std::string("f").append(std::to_string(f)));
         options.val_fraction = f;
         options.chunk_tokens = 300;
         const PrepareResult result = gemma3::prepare_corpus(options);
@@ -391,6 +393,32 @@ TEST_CASE("the validation share is the requested fraction, within one chunk") {
         if (f == 0.25) CHECK(reassemble(options.out_dir, 300, [](std::size_t i) { return i % 4 == 1; }) == reference);
         if (f == 0.5) CHECK(reassemble(options.out_dir, 300, [](std::size_t i) { return i % 2 == 0; }) == reference);
     }
+}
+
+TEST_CASE("a manifest with out-of-range or mistyped counts counts as missing: the corpus is prepared again") {
+    ScratchDir scratch;
+    scratch.write("corpus/text.txt", varied_text(19, 3000));
+    auto options = options_for({scratch.path / "corpus"}, scratch.path / "out");
+    options.chunk_tokens = 256;
+    REQUIRE_FALSE(gemma3::prepare_corpus(options).up_to_date);
+    const fs::path manifest = scratch.path / "out" / "prepare.json";
+    const auto good = nlohmann::json::parse(read_bytes(manifest));
+    // 1e300 read with get<std::uint64_t>() was undefined behaviour, reported as "up to date".
+    for (const auto& [section, key, value] : {std::tuple<const char*, const char*, nlohmann::json>{"summary", "train_tokens", 1e300},
+                                             {"summary", "eot_tokens", -1},
+                                             {"summary", "input_bytes", "12"},
+                                             {"summary", "train_tokens", 7.5}}) {
+        CAPTURE(key);
+        auto bad = good;
+        bad[section][key] = value;
+        std::ofstream(manifest) << bad.dump();
+        PrepareResult result;
+        CHECK_NOTHROW(result = gemma3::prepare_corpus(options));
+        CHECK_FALSE(result.up_to_date);
+        CHECK(gemma3::prepare_corpus(options).up_to_date);  // the rewritten manifest is good again
+    }
+    std::ofstream(manifest) << std::string(100000, '[') + std::string(100000, ']');
+    CHECK_FALSE(gemma3::prepare_corpus(options).up_to_date);
 }
 
 TEST_CASE("re-running is a no-op until inputs, options, tokenizer or outputs change; force always prepares") {
@@ -603,5 +631,31 @@ TEST_CASE("gemma3-prepare: summary, up-to-date message, --no-eot-between-documen
     std::tie(code, text) = run(common + " --val-fraction 0");
     CHECK(code == 1);
     CHECK(text.find("--val-fraction must be between 0 and 1") != std::string::npos);
+}
+
+TEST_CASE("gemma3-prepare past a file-size limit: a clear error, the previous outputs intact") {
+    ScratchDir scratch;
+    scratch.write("in/a.txt", varied_text(41, 2000));
+    const fs::path out = scratch.path / "out", log = scratch.path / "log.txt";
+    const std::string arguments = (scratch.path / "in").string() + " --out-dir " + out.string() + " --chunk-tokens 500" +
+                                  " --tokenizer " + tokenizer_path().string() + " > " + log.string() + " 2>&1";
+    REQUIRE(std::system(("exec " GEMMA3_PREPARE_EXE " " + arguments).c_str()) == 0);
+    const std::string train = read_bytes(out / "train.bin"), validation = read_bytes(out / "validation.bin");
+    REQUIRE(train.size() < 16384);
+    // Much more text, and a limit of 32 blocks (16 KiB in dash's 512-byte blocks, 32 KiB in
+    // bash's): the new train.bin cannot be written.
+    scratch.write("in/a.txt", varied_text(42, 200000));
+    const int status = std::system(("ulimit -f 32; exec " GEMMA3_PREPARE_EXE " " + arguments).c_str());
+    const std::string text = read_bytes(log);
+    INFO(text);
+    REQUIRE(WIFEXITED(status));  // not killed by SIGXFSZ
+    CHECK(WEXITSTATUS(status) == 1);
+    CHECK(text.find("File too large") != std::string::npos);
+    CHECK(text.find("train") != std::string::npos);
+    CHECK(read_bytes(out / "train.bin") == train);
+    CHECK(read_bytes(out / "validation.bin") == validation);
+    for (const auto& entry : fs::directory_iterator(out)) {  // no temporary file left behind
+        CHECK_MESSAGE(entry.path().filename().string().find(".tmp.") == std::string::npos, entry.path());
+    }
 }
 #endif

@@ -396,7 +396,20 @@ TEST_CASE("malformed Hugging Face files give clear errors") {
 
     const fs::path bad_json = dir.write("bad.json", vocab.substr(0, 1000));
     message = error_of([&] { Tokenizer::from_hf_files(bad_json, good_merges); });
-    CHECK_MESSAGE(message.find(bad_json.string() + ": invalid JSON") != std::string::npos, message);
+    CHECK_MESSAGE(message.find(bad_json.string() + ": not valid JSON") != std::string::npos, message);
+    // A number beyond double's range is nlohmann's out_of_range, not a parse error: still ours.
+    for (const char* text : {"[1e999]", "{\"!\": 1e999}"}) {
+        const fs::path huge = dir.write("huge.json", text);
+        message = error_of([&] { Tokenizer::from_hf_files(huge, good_merges); });
+        CHECK_MESSAGE(message.find(huge.string()) != std::string::npos, message);
+    }
+    // Ids that are not whole numbers in range are refused, naming the token and the value
+    // (4294967296 used to pass the integer check and be compared as an int64).
+    for (const char* id : {"1.5", "-1", "4294967296", "1e300", "\"0\""}) {
+        const fs::path odd_id = dir.write("odd_id.json", std::string("{\"!\": ") + id + "}");
+        message = error_of([&] { Tokenizer::from_hf_files(odd_id, good_merges); });
+        CHECK_MESSAGE(message.find("id of '!': value") != std::string::npos, message);
+    }
 
     // Line 3 of merges.txt ("Ġ a", the 2nd merge) with a third field.
     std::string bad = merges;

@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 #include <random>
 #include <sstream>
 #include <string>
@@ -131,6 +132,99 @@ TEST_CASE("token files are validated when opened") {
     CHECK_THROWS_WITH_AS(TokenFile(dir / "u32.bin", 70000, 17), doctest::Contains("token 7 is 70000"), DataError);
 }
 
+TEST_CASE("uint32 token ids of 2^31 and more are out of the vocabulary, not negative") {
+    const auto dir = fresh_dir("u32_sign");
+    // Token 3 is 0x80000000 (little-endian halves 0x0000, 0x8000): it read as -2^31 before.
+    std::vector<std::uint16_t> halves(40, 0);
+    halves[2 * 3 + 1] = 0x8000;
+    write_tokens(dir / "u32.bin", halves);
+    CHECK_THROWS_WITH_AS(TokenFile(dir / "u32.bin", 70000, 1),
+                         doctest::Contains("u32.bin: token 3 is 2147483648 (at byte offset 12), outside the vocabulary"),
+                         DataError);
+    halves[2 * 3] = 0xFFFF, halves[2 * 3 + 1] = 0xFFFF;
+    write_tokens(dir / "u32.bin", halves);
+    CHECK_THROWS_WITH_AS(TokenFile(dir / "u32.bin", 70000, 1), doctest::Contains("token 3 is 4294967295"), DataError);
+    CHECK_THROWS_WITH_AS(TokenFile(dir / "u32.bin", 0, 1), doctest::Contains("vocabulary size 0"), DataError);
+}
+
+TEST_CASE("the batch sampler needs one window of block_size + 1 tokens and whole batches") {
+    const auto dir = fresh_dir("sampler_sizes");
+    std::vector<std::uint16_t> ids(16);
+    for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::uint16_t>(i);
+    write_tokens(dir / "16.bin", ids);
+    const TokenFile file(dir / "16.bin", 512, 1);
+    // 16 tokens: block 16 would divide by zero (no start offset), block 20 underflow.
+    for (const std::int64_t block : {16, 20}) {
+        CHECK_THROWS_WITH_AS(BatchSampler(file, 2, block, 1), doctest::Contains("16.bin: holds 16 tokens, fewer than"),
+                             DataError);
+    }
+    CHECK_THROWS_AS(BatchSampler(file, 0, 4, 1), DataError);
+    CHECK_THROWS_AS(BatchSampler(file, 2, 0, 1), DataError);
+    // Block 15 fits exactly once: every batch row is the whole file.
+    BatchSampler sampler(file, 2, 15, 1);
+    std::vector<std::int32_t> x(30), y(30);
+    sampler.next(x, y);
+    for (std::size_t i = 0; i < 30; ++i) {
+        CHECK(x[i] == static_cast<std::int32_t>(i % 15));
+        CHECK(y[i] == static_cast<std::int32_t>(i % 15 + 1));
+    }
+    std::vector<std::int32_t> short_y(29);
+    CHECK_THROWS_AS(sampler.next(x, short_y), DataError);
+}
+
+TEST_CASE("restoring a malformed sampler state leaves the sampler as it was") {
+    const auto dir = fresh_dir("sampler_restore");
+    std::vector<std::uint16_t> ids(1000);
+    for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<std::uint16_t>(i % 512);
+    write_tokens(dir / "t.bin", ids);
+    const TokenFile file(dir / "t.bin", 512, 1);
+    BatchSampler a(file, 2, 8, 11), b(file, 2, 8, 11);
+    const std::string saved = a.state();
+    // 300 of the 312 numbers, then garbage: the standard library would have overwritten 300 words.
+    std::string partial;
+    {
+        std::istringstream in(saved);
+        std::string word;
+        for (int i = 0; i < 300 && in >> word; ++i) partial += "1 ";
+    }
+    for (const std::string& bad : {partial + "x", std::string("1 2 3"), std::string(""), saved + " 7"}) {
+        CHECK_THROWS_AS(a.restore(bad), DataError);
+        CHECK_FALSE(BatchSampler::is_valid_state(bad));
+    }
+    CHECK(a.state() == saved);
+    std::vector<std::int32_t> xa(16), ya(16), xb(16), yb(16);
+    a.next(xa, ya);
+    b.next(xb, yb);
+    CHECK(xa == xb);
+    b.restore(saved);
+    b.next(xb, yb);
+    CHECK(xa == xb);
+    CHECK(BatchSampler::is_valid_state(saved));
+}
+
+TEST_CASE("metrics lines the trainer did not write are skipped, never thrown on") {
+    const auto eval = parse_metrics_line(R"({"type":"eval","iter":4,"train_loss":5.5,"val_loss":6.25})");
+    REQUIRE(eval);
+    CHECK(eval->eval);
+    CHECK(eval->iter == 4);
+    CHECK(eval->train_loss == 5.5);
+    CHECK(eval->val_loss == 6.25);
+    const auto train = parse_metrics_line(R"({"type":"train","iter":3,"loss":null,"lr":0.001})");
+    REQUIRE(train);
+    CHECK(train->iter == 3);
+    CHECK(std::isnan(train->loss));
+    for (const char* line : {"5", "[1,2]", "\"x\"", R"({"type":"train","iter":"3","loss":1})",
+                             R"({"type":"train","iter":1e300,"loss":1})", R"({"type":"train","iter":7.9,"loss":1})",
+                             R"({"type":"train","iter":18446744073709551615,"loss":1})", R"({"type":5,"iter":3})",
+                             R"({"type":"eval","iter":-2})", R"({"iter":3})", R"({"type":"eval","iter":3)", "",
+                             R"({"type":"train","iter":3,"loss":1e999})"}) {
+        CAPTURE(line);
+        std::optional<MetricsRecord> r;
+        CHECK_NOTHROW(r = parse_metrics_line(line));
+        CHECK_FALSE(r);
+    }
+}
+
 TEST_CASE("stopping and resuming gives bit-identical losses and weights") {
     const auto data = make_data("resume_data");
     const auto straight = fresh_dir("straight"), pieces = fresh_dir("pieces");
@@ -138,6 +232,12 @@ TEST_CASE("stopping and resuming gives bit-identical losses and weights") {
     // Stop at iteration 5: between two optimizer steps (accumulation 3), after the evaluation at 4.
     const auto first = quiet_run(data, pieces, 5, false);
     CHECK(first.find("stopped at iteration 5") != std::string::npos);
+    // Lines that are not the trainer's records (edited by hand, or damaged) are dropped on resume;
+    // they used to throw nlohmann errors out of the resume.
+    {
+        std::ofstream metrics(pieces / "metrics.jsonl", std::ios::app);
+        metrics << "5\n" << R"({"type":"train","iter":"x","loss":1})" << "\n" << R"({"type":"eval","iter":1e300})" << "\n";
+    }
     const auto second = quiet_run(data, pieces, -1, true);
     CHECK(second.find("resumed from") != std::string::npos);
     CHECK(second.find("at iteration 5") != std::string::npos);

@@ -31,6 +31,34 @@ struct BlockActivations {
     Buffer<T> mlp_out_rstd;         // [N]
 };
 
+// Sizes one block's buffers for n tokens, with `lse` elements of kept attention log-sum-exps.
+template <ModelConfig C, class T>
+void resize_block_activations(BlockActivations<T>& b, Index tokens, std::size_t lse) {
+    using D = Dims<C>;
+    const auto n = static_cast<std::size_t>(tokens);
+    const auto d = static_cast<std::size_t>(D::model), f = static_cast<std::size_t>(D::ffn);
+    const auto q = static_cast<std::size_t>(D::q), kv = static_cast<std::size_t>(D::kv);
+    b.input.resize(n * d);
+    b.input_rstd.resize(n);
+    b.attn_in.resize(n * d);
+    b.qkv.resize(n * (q + 2 * kv));
+    b.q_rstd.resize(n * static_cast<std::size_t>(D::heads));
+    b.k_rstd.resize(n * static_cast<std::size_t>(D::kv_heads));
+    b.q_rot.resize(n * q);
+    b.k_rot.resize(n * kv);
+    b.lse.resize(lse);
+    b.attn.resize(n * q);
+    b.attn_proj.resize(n * d);
+    b.attn_proj_rstd.resize(n);
+    b.mid.resize(n * d);
+    b.mid_rstd.resize(n);
+    b.mlp_in.resize(n * d);
+    b.gate_up.resize(n * 2 * f);
+    b.act.resize(n * f);
+    b.mlp_out.resize(n * d);
+    b.mlp_out_rstd.resize(n);
+}
+
 template <ModelConfig C, class T>
 struct Activations {
     using D = Dims<C>;
@@ -53,33 +81,13 @@ struct Activations {
         seq = seq_;
         keep_lse = keep_lse_;
         const auto n = static_cast<std::size_t>(batch * seq);
-        const auto d = static_cast<std::size_t>(D::model), f = static_cast<std::size_t>(D::ffn);
-        const auto q = static_cast<std::size_t>(D::q), kv = static_cast<std::size_t>(D::kv);
+        const auto d = static_cast<std::size_t>(D::model);
         tokens.assign(n, 0);
         positions.resize(n);
         for (std::size_t i = 0; i < n; ++i) positions[i] = static_cast<std::int32_t>(i % static_cast<std::size_t>(seq));
         blocks.resize(static_cast<std::size_t>(D::layers));
-        for (auto& b : blocks) {
-            b.input.resize(n * d);
-            b.input_rstd.resize(n);
-            b.attn_in.resize(n * d);
-            b.qkv.resize(n * (q + 2 * kv));
-            b.q_rstd.resize(n * static_cast<std::size_t>(D::heads));
-            b.k_rstd.resize(n * static_cast<std::size_t>(D::kv_heads));
-            b.q_rot.resize(n * q);
-            b.k_rot.resize(n * kv);
-            b.lse.resize(keep_lse ? n * static_cast<std::size_t>(D::heads) : 0);
-            b.attn.resize(n * q);
-            b.attn_proj.resize(n * d);
-            b.attn_proj_rstd.resize(n);
-            b.mid.resize(n * d);
-            b.mid_rstd.resize(n);
-            b.mlp_in.resize(n * d);
-            b.gate_up.resize(n * 2 * f);
-            b.act.resize(n * f);
-            b.mlp_out.resize(n * d);
-            b.mlp_out_rstd.resize(n);
-        }
+        const auto lse = keep_lse ? static_cast<std::size_t>(batch * seq * D::heads) : 0;
+        for (auto& b : blocks) resize_block_activations<C, T>(b, batch * seq, lse);
         final_in.resize(n * d);
         final_rstd.resize(n);
         final_out.resize(n * d);

@@ -23,8 +23,11 @@
 #pragma once
 
 #include "config_file.hpp"
+#include "data.hpp"
 #include "file_io.hpp"
+#include "hf_config.hpp"
 #include "hf_tokenizer_files.hpp"
+#include "json_read.hpp"
 #include "optimizer.hpp"
 #include "parameters.hpp"
 #include "safetensors.hpp"
@@ -69,118 +72,9 @@ struct TrainerState {
     std::vector<std::string> rank_train_samplers;
 };
 
-// The Hugging Face config.json for our model config (transformers >= 4.50 field names).
-inline nlohmann::json hf_config_json(const ModelConfigFile& c, std::string_view torch_dtype = "float32") {
-    nlohmann::json layer_types = nlohmann::json::array();
-    for (auto kind : c.layer_types) layer_types.push_back(std::string(attention_kind_name(kind)));
-    return {
-        {"architectures", {"Gemma3ForCausalLM"}},
-        {"model_type", "gemma3_text"},
-        {"vocab_size", c.vocab_size},
-        {"hidden_size", c.emb_dim},
-        {"intermediate_size", c.hidden_dim},
-        {"num_hidden_layers", c.n_layers},
-        {"num_attention_heads", c.n_heads},
-        {"num_key_value_heads", c.n_kv_groups},
-        {"head_dim", c.head_dim},
-        {"max_position_embeddings", c.context_length},
-        {"rms_norm_eps", c.rms_norm_eps},
-        // transformers declares this field an int and rejects 64.0.
-        {"query_pre_attn_scalar", c.query_pre_attn_scalar == std::floor(c.query_pre_attn_scalar)
-                                      ? nlohmann::json(static_cast<std::int64_t>(c.query_pre_attn_scalar))
-                                      : nlohmann::json(c.query_pre_attn_scalar)},
-        {"sliding_window", c.sliding_window},
-        {"layer_types", layer_types},
-        {"rope_parameters",
-         {{"sliding_attention", {{"rope_type", "default"}, {"rope_theta", c.rope_local_base}}},
-          {"full_attention", {{"rope_type", "default"}, {"rope_theta", c.rope_base}}}}},
-        {"rope_theta", c.rope_base},                 // older transformers read these two
-        {"rope_local_base_freq", c.rope_local_base},
-        {"tie_word_embeddings", c.tie_word_embeddings},
-        {"hidden_activation", "gelu_pytorch_tanh"},
-        {"attn_logit_softcapping", nullptr},
-        {"final_logit_softcapping", nullptr},
-        {"attention_bias", false},
-        {"attention_dropout", 0.0},
-        {"initializer_range", c.initializer_range},
-        {"pad_token_id", nullptr},  // no padding row: the seed has none
-        // GPT-2's <|endoftext|> begins and ends a text (what its tokenizer files say too).
-        {"bos_token_id", c.vocab_size == 50257 ? nlohmann::json(50256) : nlohmann::json(nullptr)},
-        {"eos_token_id", c.vocab_size == 50257 ? nlohmann::json(50256) : nlohmann::json(nullptr)},
-        {"use_cache", true},
-        {"dtype", torch_dtype},
-    };
-}
-
-// Our model config from a Hugging Face Gemma 3 config.json (text model; the fields transformers
-// writes, older and newer RoPE layouts). Features this library does not implement (logit
-// soft-capping, RoPE scaling, bidirectional attention) are refused rather than ignored.
-inline ModelConfigFile model_config_from_hf_json(const nlohmann::json& hf, const std::string& source) {
-    std::vector<std::string> problems;
-    const auto& text = hf.contains("text_config") ? hf.at("text_config") : hf;
-    const auto get = [&](const char* key) -> nlohmann::json {
-        if (!text.contains(key)) {
-            problems.push_back(source + ": field \"" + key + "\" is missing");
-            return nullptr;
-        }
-        return text.at(key);
-    };
-    const auto optional = [&](const char* key, nlohmann::json fallback) {
-        return text.contains(key) && !text.at(key).is_null() ? text.at(key) : fallback;
-    };
-    for (const char* key : {"final_logit_softcapping", "attn_logit_softcapping", "rope_scaling"}) {
-        if (text.contains(key) && !text.at(key).is_null()) {
-            problems.push_back(source + ": field \"" + key + "\" is set (" + text.at(key).dump() +
-                               "); this library implements Gemma 3 without it");
-        }
-    }
-    if (optional("use_bidirectional_attention", false) == true) {
-        problems.push_back(source + ": use_bidirectional_attention is not supported");
-    }
-    nlohmann::json ours;
-    ours["vocab_size"] = get("vocab_size");
-    ours["context_length"] = get("max_position_embeddings");
-    ours["emb_dim"] = get("hidden_size");
-    ours["n_heads"] = get("num_attention_heads");
-    ours["n_layers"] = get("num_hidden_layers");
-    ours["hidden_dim"] = get("intermediate_size");
-    ours["head_dim"] = get("head_dim");
-    ours["qk_norm"] = true;  // Gemma 3 always normalises q and k
-    ours["n_kv_groups"] = get("num_key_value_heads");
-    ours["query_pre_attn_scalar"] = optional("query_pre_attn_scalar", 256);
-    ours["sliding_window"] = get("sliding_window");
-    ours["tie_word_embeddings"] = optional("tie_word_embeddings", true);
-    ours["rms_norm_eps"] = optional("rms_norm_eps", 1e-6);
-    ours["initializer_range"] = optional("initializer_range", 0.02);
-    ours["dtype"] = "float32";
-    // RoPE bases: rope_parameters (transformers >= 4.56) or rope_theta / rope_local_base_freq.
-    const auto rope = optional("rope_parameters", nlohmann::json::object());
-    ours["rope_base"] = rope.contains("full_attention") ? rope["full_attention"].value("rope_theta", 1e6)
-                                                        : optional("rope_theta", 1e6).get<double>();
-    ours["rope_local_base"] = rope.contains("sliding_attention") ? rope["sliding_attention"].value("rope_theta", 1e4)
-                                                                 : optional("rope_local_base_freq", 1e4).get<double>();
-    for (const char* kind : {"full_attention", "sliding_attention"}) {
-        if (rope.contains(kind) && rope[kind].value("rope_type", "default") != "default") {
-            problems.push_back(source + ": rope_parameters." + kind + ".rope_type is \"" +
-                               rope[kind].value("rope_type", "") + "\"; only \"default\" is implemented");
-        }
-    }
-    if (text.contains("layer_types")) {
-        ours["layer_types"] = text.at("layer_types");
-    } else if (text.contains("num_hidden_layers") && text.at("num_hidden_layers").is_number_integer()) {
-        const int period = optional("sliding_window_pattern", 6).get<int>();
-        nlohmann::json kinds = nlohmann::json::array();
-        for (int i = 0; i < text.at("num_hidden_layers").get<int>(); ++i) {
-            kinds.push_back((i + 1) % period == 0 ? "full_attention" : "sliding_attention");
-        }
-        ours["layer_types"] = kinds;
-    }
-    if (!problems.empty()) throw ConfigError(problems);
-    return parse_model_config(ours, source + " (converted from Hugging Face's format)");
-}
-
 // The model config of a checkpoint directory: gemma3_config.json when present (written by
-// gemma3-train), else Hugging Face's config.json.
+// gemma3-train), else Hugging Face's config.json. Throws ConfigError for a bad config file (naming
+// the file and every problem), CheckpointError when the directory has neither.
 inline ModelConfigFile checkpoint_model_config(const std::filesystem::path& dir);
 
 namespace detail {
@@ -219,7 +113,7 @@ inline void replace_symlink(const std::filesystem::path& link, const std::filesy
 inline ModelConfigFile checkpoint_model_config(const std::filesystem::path& dir) {
     if (std::filesystem::exists(dir / "gemma3_config.json")) return load_model_config(dir / "gemma3_config.json");
     if (std::filesystem::exists(dir / "config.json")) {
-        return model_config_from_hf_json(detail::read_json(dir / "config.json"), (dir / "config.json").string());
+        return load_hf_model_config(dir / "config.json");
     }
     throw CheckpointError(dir.string() + ": neither gemma3_config.json nor config.json found (expected a directory "
                                          "written by gemma3-train or by transformers' save_pretrained)");
@@ -384,54 +278,78 @@ inline void remove_unlinked_checkpoints(const std::filesystem::path& out_dir) {
 
 // Restores weights, AdamW moments, the partial gradients (zero unless saved mid-accumulation) and
 // the trainer state from a checkpoint directory written for the same architecture (config C).
+// All or nothing: any problem is a CheckpointError naming the file (and field or tensor), and
+// leaves params, adamw and grads as they were.
 template <ModelConfig C, class T>
 TrainerState load_checkpoint(const std::filesystem::path& dir, Parameters<C, T>& params, AdamW<T>& adamw,
                              Parameters<C, T>& grads) {
-    if (!std::filesystem::is_directory(dir)) throw CheckpointError(dir.string() + ": no such checkpoint directory");
-    const auto saved_config = parse_model_config(detail::read_json(dir / "gemma3_config.json"),
-                                                 (dir / "gemma3_config.json").string());
+    std::error_code not_a_directory;
+    if (!std::filesystem::is_directory(dir, not_a_directory)) {
+        throw CheckpointError(dir.string() + ": no such checkpoint directory");
+    }
+    ModelConfigFile saved_config;
+    try {
+        saved_config = load_model_config(dir / "gemma3_config.json");  // size and depth limits, every value checked
+    } catch (const ConfigError& e) {
+        throw CheckpointError(dir.string() + ": cannot read the checkpoint's model config:\n" + e.what());
+    }
     try {
         require_matches<C>(saved_config);
     } catch (const ConfigError& e) {
         throw CheckpointError(dir.string() + ": the checkpoint was written for a different model:\n" + e.what());
     }
-    const auto state_json = detail::read_json(dir / "trainer_state.json");
+    // Every number through json_read: range-checked, whole, and named with file, field and value.
+    const auto state_path = dir / "trainer_state.json";
+    const auto state_json = json_read::read_file<CheckpointError>(state_path, "trainer state");
+    const json_read::ObjectReader<CheckpointError> saved(state_json, state_path.string());
+    if (saved.string("format") != "gemma3-trainer-state" || saved.integer<int>("version") != 1) {
+        throw CheckpointError(state_path.string() + ": unknown format or version (expected \"gemma3-trainer-state\" "
+                                                    "version 1)");
+    }
     TrainerState state;
-    try {
-        if (state_json.at("format") != "gemma3-trainer-state" || state_json.at("version") != 1) {
-            throw CheckpointError((dir / "trainer_state.json").string() + ": unknown format or version");
+    state.iteration = saved.integer<std::int64_t>("iteration", 0);
+    state.optimizer_steps = saved.integer<std::int64_t>("optimizer_steps", 0);
+    state.last_eval_iteration = saved.integer<std::int64_t>("last_eval_iteration", -1);
+    state.pending_gradients = saved.boolean("pending_gradients");
+    state.best_val_loss = saved.at("best_val_loss").is_null() ? std::numeric_limits<double>::infinity()
+                                                                : saved.number("best_val_loss");
+    state.train_sampler = saved.string("train_sampler");
+    state.eval_train_sampler = saved.string("eval_train_sampler");
+    state.eval_val_sampler = saved.string("eval_val_sampler");
+    if (saved.has("data_parallel")) {
+        const auto parallel = saved.object("data_parallel");
+        state.ranks = parallel.integer<int>("ranks", 1);
+        state.batch_sampling = parallel.string("batch_sampling");
+        const auto& streams = parallel.array("rank_train_samplers");
+        for (std::size_t r = 0; r < streams.size(); ++r) {
+            if (!streams[r].is_string()) {
+                parallel.fail("rank_train_samplers", "element " + std::to_string(r) + " is " +
+                                                         json_read::kind(streams[r]) + "; expected a string");
+            }
+            state.rank_train_samplers.push_back(streams[r].get<std::string>());
         }
-        state.iteration = state_json.at("iteration").get<std::int64_t>();
-        state.optimizer_steps = state_json.at("optimizer_steps").get<std::int64_t>();
-        state.last_eval_iteration = state_json.at("last_eval_iteration").get<std::int64_t>();
-        state.pending_gradients = state_json.at("pending_gradients").get<bool>();
-        const auto& best = state_json.at("best_val_loss");
-        state.best_val_loss = best.is_null() ? std::numeric_limits<double>::infinity() : best.get<double>();
-        state.train_sampler = state_json.at("train_sampler").get<std::string>();
-        state.eval_train_sampler = state_json.at("eval_train_sampler").get<std::string>();
-        state.eval_val_sampler = state_json.at("eval_val_sampler").get<std::string>();
-        if (state_json.contains("data_parallel")) {
-            const auto& parallel = state_json.at("data_parallel");
-            state.ranks = parallel.at("ranks").get<int>();
-            state.batch_sampling = parallel.at("batch_sampling").get<std::string>();
-            state.rank_train_samplers = parallel.at("rank_train_samplers").get<std::vector<std::string>>();
+    }
+    // The sampler states are restored after this function returns; a bad one must fail here,
+    // before anything of the caller's has changed.
+    const auto check_sampler = [&](const std::string& field, const std::string& text) {
+        if (!BatchSampler::is_valid_state(text)) {
+            throw CheckpointError((dir / "trainer_state.json").string() + ": " + field +
+                                  " is not a batch sampler state (" + std::to_string(text.size()) + " bytes)");
         }
-    } catch (const nlohmann::json::exception& e) {
-        throw CheckpointError((dir / "trainer_state.json").string() + ": malformed: " + e.what());
-    }
-    if (state.iteration < 0 || state.optimizer_steps < 0) {
-        throw CheckpointError((dir / "trainer_state.json").string() + ": negative iteration or step count");
-    }
-    if (state.ranks < 1) {
-        throw CheckpointError((dir / "trainer_state.json").string() + ": data_parallel.ranks is " +
-                              std::to_string(state.ranks) + ", expected at least 1");
+    };
+    check_sampler("train_sampler", state.train_sampler);
+    check_sampler("eval_train_sampler", state.eval_train_sampler);
+    check_sampler("eval_val_sampler", state.eval_val_sampler);
+    for (std::size_t r = 0; r < state.rank_train_samplers.size(); ++r) {
+        check_sampler("data_parallel.rank_train_samplers[" + std::to_string(r) + "]", state.rank_train_samplers[r]);
     }
 
     // Read everything into temporaries first, so a bad file leaves params and adamw untouched.
     Parameters<C, T> new_params, new_grads;
     AdamW<T> new_adamw(params.size(), adamw.settings());
     try {
-        load_weights(dir / "model.safetensors", new_params);
+        // new_params is a scratch copy already: read into it directly.
+        detail::read_weights<C>(dir / "model.safetensors", std::span<T>(new_params.data(), new_params.size()));
         const SafetensorsFile moments(dir / "optimizer.safetensors");
         for (const auto& t : parameter_tensors<C>()) {
             moments.read<T>("exp_avg." + t.name, t.shape,

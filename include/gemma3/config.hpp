@@ -14,6 +14,8 @@
 #include <type_traits>
 #include <utility>
 
+#include "config_fields.hpp"
+
 namespace gemma3 {
 
 enum class AttentionKind { sliding, full };
@@ -56,27 +58,11 @@ struct is_layer_pattern : std::false_type {};
 template <class... L>
 struct is_layer_pattern<LayerPattern<L...>> : std::true_type {};
 
-// What a configuration type must provide. Field names follow the seed's model_config.json.
+// What a configuration type must provide: a constant per architecture field of the table in
+// config_fields.hpp (n_kv_groups is the number of key/value heads, seed naming) and the
+// `layer_types` type list. Field names follow the seed's model_config.json.
 template <class C>
-concept ModelConfig = requires {
-    { C::vocab_size } -> std::convertible_to<int>;
-    { C::context_length } -> std::convertible_to<int>;
-    { C::emb_dim } -> std::convertible_to<int>;
-    { C::n_heads } -> std::convertible_to<int>;
-    { C::n_layers } -> std::convertible_to<int>;
-    { C::hidden_dim } -> std::convertible_to<int>;
-    { C::head_dim } -> std::convertible_to<int>;
-    { C::qk_norm } -> std::convertible_to<bool>;
-    { C::n_kv_groups } -> std::convertible_to<int>;  // number of key/value heads (seed naming)
-    { C::query_pre_attn_scalar } -> std::convertible_to<double>;
-    { C::rope_local_base } -> std::convertible_to<double>;
-    { C::rope_base } -> std::convertible_to<double>;
-    { C::sliding_window } -> std::convertible_to<int>;
-    { C::tie_word_embeddings } -> std::convertible_to<bool>;
-    { C::rms_norm_eps } -> std::convertible_to<double>;
-    typename C::layer_types;
-    requires is_layer_pattern<typename C::layer_types>::value;
-};
+concept ModelConfig = requires { GEMMA3_MODEL_ARCHITECTURE_FIELDS(GEMMA3_CONFIG_REQUIREMENT) };
 
 // Rejects impossible configurations at compile time. Instantiated by every model type; call it in
 // a static_assert to check a config of your own early.

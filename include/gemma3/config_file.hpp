@@ -18,6 +18,7 @@
 #include <fstream>
 #include <iterator>
 #include <limits>
+#include <map>
 #include <optional>
 #include <span>
 #include <stdexcept>
@@ -30,7 +31,9 @@
 #include <nlohmann/json.hpp>
 
 #include "config.hpp"
+#include "config_fields.hpp"
 #include "detail/text.hpp"
+#include "json_read.hpp"
 
 namespace gemma3 {
 
@@ -63,7 +66,158 @@ inline constexpr std::array<std::string_view, 2> training_devices{"cpu", "cuda"}
 inline constexpr std::array<std::string_view, 4> training_dtypes{"bfloat16", "float32", "float16", "float64"};
 inline constexpr std::array<std::string_view, 3> training_ptdtypes{"float32", "bfloat16", "float16"};
 
-// The model described by a model_config.json.
+// The attention kind of each layer, in order (a compiled config's `layer_types` type list at run time).
+using LayerKinds = std::vector<AttentionKind>;
+
+// Which format a model config was read from: ours (model_config.json) or Hugging Face's
+// config.json. Messages name the fields as that format spells them.
+enum class ConfigFormat { gemma3, hugging_face };
+
+// The vocabulary of the field tables' columns (config_fields.hpp).
+namespace fields {
+
+// presence
+struct Required {};
+inline constexpr Required required{};
+struct Derived {};
+inline constexpr Derived derived{};
+template <class T>
+struct Optional {
+    T value;
+};
+template <class T>
+constexpr Optional<T> optional(T value) {
+    return {value};
+}
+
+template <class T>
+T initial_value(Required) {
+    return T{};
+}
+template <class T>
+T initial_value(Derived) {
+    return T{};
+}
+template <class T, class V>
+T initial_value(Optional<V> presence) {
+    return T(presence.value);
+}
+constexpr bool is_required(Required) { return true; }
+template <class P>
+constexpr bool is_required(P) {
+    return false;
+}
+
+// rules: numeric ranges, with the words messages use for numbers and integers
+struct Range {
+    double low;
+    bool low_inclusive;
+    double high;
+    bool high_inclusive;
+    std::string_view number_text;
+    std::string_view integer_text;
+
+    constexpr bool contains(double x) const {
+        return (low_inclusive ? x >= low : x > low) && (high_inclusive ? x <= high : x < high);
+    }
+    // The integers of the range that T holds.
+    template <std::integral T>
+    T integer_low() const {
+        const double first = low_inclusive ? std::ceil(low) : std::floor(low) + 1;
+        return first <= static_cast<double>(std::numeric_limits<T>::min()) ? std::numeric_limits<T>::min()
+                                                                            : static_cast<T>(first);
+    }
+    template <std::integral T>
+    T integer_high() const {
+        const double last = high_inclusive ? std::floor(high) : std::ceil(high) - 1;
+        return last >= static_cast<double>(std::numeric_limits<T>::max()) ? std::numeric_limits<T>::max()
+                                                                           : static_cast<T>(last);
+    }
+};
+inline constexpr double unbounded = std::numeric_limits<double>::infinity();
+inline constexpr Range positive{0, false, unbounded, false, "a positive number", "a positive integer"};
+inline constexpr Range above_one{1, false, unbounded, false, "a number greater than 1", "an integer greater than 1"};
+inline constexpr Range non_negative{0, true, unbounded, false, "a number >= 0", "an integer >= 0"};
+inline constexpr Range fraction{0, true, 1, false, "a number in [0, 1)", "the integer 0"};
+inline constexpr Range start_factor{0, false, 1, true, "a number in (0, 1]", "the integer 1"};
+struct Any {};  // any value of the field's type (booleans)
+inline constexpr Any any{};
+struct OneOf {
+    std::span<const std::string_view> allowed;
+};
+constexpr OneOf one_of(std::span<const std::string_view> allowed) { return {allowed}; }
+struct LayerKindsRule {};
+inline constexpr LayerKindsRule layer_kinds{};
+
+// Hugging Face's config.json
+template <class T = std::nullptr_t>
+struct Hf {
+    std::string_view name;
+    std::optional<T> fallback;  // transformers' default when the file lacks the field
+    bool integral = false;      // written as an integer when whole
+};
+inline Hf<> hf(std::string_view name) { return {name, std::nullopt}; }
+template <class T>
+Hf<T> hf(std::string_view name, T fallback) {
+    return {name, fallback};
+}
+template <class T>
+Hf<T> hf_integral(std::string_view name, T fallback) {
+    return {name, fallback, true};
+}
+struct HfRope {
+    std::string_view kind;         // key in rope_parameters (transformers >= 4.56)
+    std::string_view legacy_name;  // the older top-level field
+    double fallback;
+};
+constexpr HfRope hf_rope(std::string_view kind, std::string_view legacy_name, double fallback) {
+    return {kind, legacy_name, fallback};
+}
+struct HfLayerTypes {};  // layer_types, or num_hidden_layers and sliding_window_pattern
+inline constexpr HfLayerTypes hf_layer_types{};
+template <class T>
+struct HfFixed {
+    T value;
+};
+template <class T>
+constexpr HfFixed<T> hf_fixed(T value) {
+    return {value};
+}
+struct NotInHf {};
+inline constexpr NotInHf not_in_hf{};
+
+// How a Hugging Face config.json names a field in messages.
+template <class T>
+std::string hf_name(const Hf<T>& h, std::string_view) {
+    return std::string(h.name);
+}
+inline std::string hf_name(const HfRope& h, std::string_view) {
+    return "rope_parameters." + std::string(h.kind) + ".rope_theta";
+}
+inline std::string hf_name(HfLayerTypes, std::string_view) { return "layer_types"; }
+template <class T>
+std::string hf_name(const HfFixed<T>&, std::string_view ours) {
+    return std::string(ours);
+}
+inline std::string hf_name(NotInHf, std::string_view ours) { return std::string(ours); }
+
+// Whether a config.json key is this field's name there (the current or the older one).
+template <class T>
+bool is_hf_spelling(const Hf<T>& h, std::string_view key) {
+    return h.name == key;
+}
+inline bool is_hf_spelling(const HfRope& h, std::string_view key) { return h.legacy_name == key; }
+template <class H>
+bool is_hf_spelling(const H&, std::string_view) {
+    return false;
+}
+
+}  // namespace fields
+
+#define GEMMA3_DECLARE_FIELD(type, name, presence, ...) type name = fields::initial_value<type>(fields::presence);
+
+// The model described by a model_config.json: one member per row of GEMMA3_MODEL_CONFIG_FIELDS
+// (config_fields.hpp), which says each field's type, default and allowed values.
 //
 // Required fields (all of the seed's): vocab_size, context_length, emb_dim, n_heads, n_layers,
 // hidden_dim, qk_norm, n_kv_groups (the number of key/value heads; 1 = multi-query attention),
@@ -83,35 +237,18 @@ inline constexpr std::array<std::string_view, 3> training_ptdtypes{"float32", "b
 //   initializer_range    0.02 (used by init "hf" only).
 // dtype, init and initializer_range are run-time settings, not architecture.
 struct ModelConfigFile {
-    int vocab_size = 0;
-    int context_length = 0;
-    int emb_dim = 0;
-    int n_heads = 0;
-    int n_layers = 0;
-    int hidden_dim = 0;
-    int head_dim = 0;
-    bool qk_norm = false;
-    int n_kv_groups = 0;
-    double query_pre_attn_scalar = 0;
-    double rope_local_base = 0;
-    double rope_base = 0;
-    int sliding_window = 0;
-    std::vector<AttentionKind> layer_types;
-    std::string dtype;
+    GEMMA3_MODEL_CONFIG_FIELDS(GEMMA3_DECLARE_FIELD)
 
-    bool tie_word_embeddings = false;
-    double rms_norm_eps = 1e-6;
-    double initializer_range = 0.02;
-    std::string init = "seed";
+    ConfigFormat format = ConfigFormat::gemma3;  // the format it was read from, for messages
+    std::string source;                          // where the values came from, for messages
+    std::vector<std::string> warnings;           // non-fatal observations, for the program to print
 
-    std::string source;                 // where the values came from, for messages
-    std::vector<std::string> warnings;  // non-fatal observations, for the program to print
-
-    // Compares every member, source and warnings included.
+    // Compares every member, format, source and warnings included.
     bool operator==(const ModelConfigFile&) const = default;
 };
 
-// The training run described by a training_config.json.
+// The training run described by a training_config.json: one member per row of
+// GEMMA3_TRAINING_CONFIG_FIELDS (config_fields.hpp).
 //
 // Required fields (all of the seed's):
 //   learning_rate                base (peak of warmup) learning rate, > 0.
@@ -140,28 +277,7 @@ struct ModelConfigFile {
 //   seed 42                      random seed of batch sampling (the seed's torch.manual_seed(42)).
 //   log_interval 1               print progress every this many iterations, > 0.
 struct TrainingConfig {
-    double learning_rate = 0;
-    std::int64_t warmup_steps = 0;
-    double min_lr = 0;
-    std::int64_t max_iters = 0;
-    std::int64_t eval_iters = 0;
-    int batch_size = 0;
-    int block_size = 0;
-    int gradient_accumulation_steps = 0;
-    std::string device;
-    std::string dtype;
-    std::string ptdtype;
-
-    double beta1 = 0.9;
-    double beta2 = 0.95;
-    double adam_eps = 1e-9;
-    double weight_decay = 0.1;
-    double grad_clip = 0.5;
-    double warmup_start_factor = 1.0 / 3.0;
-    std::int64_t eval_interval = 0;  // parse_training_config sets it to eval_iters when absent
-    std::int64_t eval_batches = 0;   // likewise
-    std::uint64_t seed = 42;
-    std::int64_t log_interval = 1;
+    GEMMA3_TRAINING_CONFIG_FIELDS(GEMMA3_DECLARE_FIELD)
 
     std::string source;
     std::vector<std::string> warnings;
@@ -169,17 +285,12 @@ struct TrainingConfig {
     bool operator==(const TrainingConfig&) const = default;
 };
 
-inline constexpr std::array<std::string_view, 19> model_config_fields{
-    "vocab_size", "context_length", "emb_dim",         "n_heads",           "n_layers",
-    "hidden_dim", "head_dim",       "qk_norm",         "n_kv_groups",       "query_pre_attn_scalar",
-    "rope_local_base", "rope_base", "sliding_window",   "layer_types",       "dtype",
-    "tie_word_embeddings", "rms_norm_eps", "initializer_range", "init"};
+#undef GEMMA3_DECLARE_FIELD
 
-inline constexpr std::array<std::string_view, 21> training_config_fields{
-    "learning_rate", "warmup_steps", "min_lr", "max_iters", "eval_iters", "batch_size", "block_size",
-    "gradient_accumulation_steps", "device", "dtype", "ptdtype", "beta1", "beta2", "adam_eps",
-    "weight_decay", "grad_clip", "warmup_start_factor", "eval_interval", "eval_batches", "seed",
-    "log_interval"};
+#define GEMMA3_FIELD_NAME(type, name, ...) std::string_view{#name},
+inline constexpr std::array model_config_fields{GEMMA3_MODEL_CONFIG_FIELDS(GEMMA3_FIELD_NAME)};
+inline constexpr std::array training_config_fields{GEMMA3_TRAINING_CONFIG_FIELDS(GEMMA3_FIELD_NAME)};
+#undef GEMMA3_FIELD_NAME
 
 constexpr std::string_view attention_kind_name(AttentionKind kind) {
     return kind == AttentionKind::sliding ? SlidingAttention::name : FullAttention::name;
@@ -192,29 +303,9 @@ using nlohmann::json;
 // A number as JSON writes it: the shortest text that reads back to the same double.
 inline std::string number_text(double value) { return json(value).dump(); }
 
-// The offending value for a message: JSON text, shortened so a huge array cannot flood the output.
-inline std::string value_text(const json& value) {
-    if (value.is_number_float() && !std::isfinite(value.get<double>())) {
-        const double d = value.get<double>();
-        return std::isnan(d) ? "nan" : (d > 0 ? "inf" : "-inf");  // JSON would write these as null
-    }
-    std::string text = value.dump(-1, ' ', false, json::error_handler_t::replace);
-    constexpr std::size_t max_length = 60;
-    if (text.size() > max_length) text = text.substr(0, max_length) + "...";
-    return text;
-}
-
-inline std::string kind_text(const json& value) {
-    switch (value.type()) {
-        case json::value_t::null: return "null";
-        case json::value_t::boolean: return "a boolean";
-        case json::value_t::string: return "a string";
-        case json::value_t::array: return "an array";
-        case json::value_t::object: return "an object";
-        case json::value_t::number_float: return "a number with a fraction";
-        default: return "a number";
-    }
-}
+// The offending value for a message: a short ASCII prefix of its JSON text (json_read.hpp).
+inline std::string value_text(const json& value) { return json_read::excerpt(value); }
+inline std::string kind_text(const json& value) { return json_read::kind(value); }
 
 // "name", built by appending: GCC 12 warns falsely (-Wrestrict) about `"\"" + std::string(...)`.
 inline std::string quoted(std::string_view text) {
@@ -235,17 +326,9 @@ inline std::string quoted_list(std::span<const std::string_view> names, std::str
     return text;
 }
 
-// Hugging Face's names for our fields: people paste those from a config.json.
-inline constexpr std::array<std::pair<std::string_view, std::string_view>, 14> field_aliases{{
-    {"hidden_size", "emb_dim"},
-    {"intermediate_size", "hidden_dim"},
-    {"num_attention_heads", "n_heads"},
-    {"num_key_value_heads", "n_kv_groups"},
+// Other names people use for our fields (Hugging Face's own come from the field table).
+inline constexpr std::array<std::pair<std::string_view, std::string_view>, 6> field_aliases{{
     {"n_kv_heads", "n_kv_groups"},
-    {"num_hidden_layers", "n_layers"},
-    {"max_position_embeddings", "context_length"},
-    {"rope_theta", "rope_base"},
-    {"rope_local_base_freq", "rope_local_base"},
     {"torch_dtype", "dtype"},
     {"lr", "learning_rate"},
     {"warmup_iters", "warmup_steps"},
@@ -253,11 +336,26 @@ inline constexpr std::array<std::pair<std::string_view, std::string_view>, 14> f
     {"eps", "adam_eps"},
 }};
 
+// The field of ours that Hugging Face's config.json calls `name` ("" when none): people paste
+// those from a config.json.
+inline std::string_view field_for_hf_name(std::string_view name) {
+#define GEMMA3_HF_ALIAS(type, field, presence, rule, hugging_face, ...) \
+    if (fields::is_hf_spelling(fields::hugging_face, name)) return #field;
+    GEMMA3_MODEL_CONFIG_FIELDS(GEMMA3_HF_ALIAS)
+#undef GEMMA3_HF_ALIAS
+    return {};
+}
+
 inline std::string unknown_field_advice(std::string_view name, std::span<const std::string_view> known) {
+    if (name.size() > 64) return "unknown field";  // no field is that long; spare the edit distances
+    const auto known_as = [&](std::string_view ours) {
+        return !ours.empty() && std::find(known.begin(), known.end(), ours) != known.end();
+    };
+    if (const auto ours = field_for_hf_name(name); known_as(ours)) {
+        return "unknown field; this format calls it " + quoted(ours);
+    }
     for (const auto& [alias, ours] : field_aliases) {
-        if (alias == name && std::find(known.begin(), known.end(), ours) != known.end()) {
-            return "unknown field; this format calls it " + quoted(ours);
-        }
+        if (alias == name && known_as(ours)) return "unknown field; this format calls it " + quoted(ours);
     }
     std::string_view best;
     std::size_t best_distance = std::numeric_limits<std::size_t>::max();
@@ -273,16 +371,36 @@ inline std::string unknown_field_advice(std::string_view name, std::span<const s
     return "unknown field; the known fields are " + quoted_list(known, " and ");
 }
 
+// How the fields of a document are named in its messages, when that differs from ours (a Hugging
+// Face config.json converted to our fields keeps the user's names).
+using FieldNames = std::map<std::string, std::string, std::less<>>;
+
 // Reads the fields of one JSON object, recording a problem for each field that is missing, has
 // the wrong JSON type or is out of range. Each accessor returns nullopt when the value is unusable,
 // so the cross-field rules run only on values that passed their own checks.
 class FieldReader {
 public:
-    FieldReader(const json& object, std::string_view source, std::vector<std::string>& problems)
-        : object_(object), source_(source), problems_(problems) {}
+    FieldReader(const json& object, std::string_view source, std::vector<std::string>& problems,
+                const FieldNames* names = nullptr)
+        : object_(object), source_(source), problems_(problems), names_(names) {}
+
+    // The field as the document calls it. An unknown key is the file's text: it is quoted as a
+    // short ASCII prefix, like a bad value.
+    std::string name(std::string_view field) const {
+        if (names_ != nullptr) {
+            if (const auto it = names_->find(field); it != names_->end()) return it->second;
+        }
+        const bool plain = field.size() <= json_read::max_quoted_chars &&
+                           std::all_of(field.begin(), field.end(), [](char c) { return c >= 0x20 && c < 0x7f && c != '"'; });
+        if (plain) return std::string(field);
+        std::string text = json_read::excerpt(json(std::string(field.substr(0, json_read::max_quoted_chars + 1))));
+        text.erase(0, 1);  // the quotes of the JSON string
+        if (text.ends_with('"')) text.pop_back();
+        return text;
+    }
 
     void problem(std::string_view field, const std::string& text) {
-        problems_.push_back(source_ + ": field \"" + std::string(field) + "\": " + text);
+        problems_.push_back(source_ + ": field \"" + name(field) + "\": " + text);
     }
 
     void reject_unknown_fields(std::span<const std::string_view> known) {
@@ -294,51 +412,28 @@ public:
         }
     }
 
-    bool has(std::string_view field) const { return object_.contains(std::string(field)); }
+    bool has(std::string_view field) const { return object_.contains(field); }
 
-    // An integer in [low, high]. Accepts a JSON number with a fraction part only when it is
-    // whole (so 1e3 reads as 1000); rejects strings, booleans and fractions.
-    std::optional<std::int64_t> integer(std::string_view field, bool required, std::int64_t low,
-                                        std::int64_t high, const std::string& expected) {
+    // An integer in [low, high]: whole, finite and in range (json_read::to_integer).
+    template <std::integral T>
+    std::optional<T> integer(std::string_view field, bool required, T low, T high, std::string_view expected) {
         const json* value = find(field, required, expected);
         if (value == nullptr) return std::nullopt;
-        std::int64_t n = 0;
-        if (value->is_number_unsigned()) {
-            const auto u = value->get<std::uint64_t>();
-            if (u > static_cast<std::uint64_t>(high)) return out_of_range(field, *value, expected);
-            n = static_cast<std::int64_t>(u);
-        } else if (value->is_number_integer()) {
-            n = value->get<std::int64_t>();
-        } else if (value->is_number_float()) {
-            const double d = value->get<double>();
-            if (!std::isfinite(d)) return wrong(field, *value, "is not a finite number", expected);
-            if (d != std::floor(d)) return wrong(field, *value, "is not a whole number", expected);
-            // 2^53: beyond it a double no longer holds every integer, and every range here is smaller.
-            if (std::fabs(d) > 9007199254740992.0) return out_of_range(field, *value, expected);
-            n = static_cast<std::int64_t>(d);
-        } else {
-            return wrong(field, *value, "is " + kind_text(*value), expected);
-        }
-        if (n < low || n > high) return out_of_range(field, *value, expected);
+        std::string why;
+        const auto n = json_read::to_integer<T>(*value, low, high, why);
+        if (!n) return wrong(field, *value, why, expected);
         return n;
     }
 
-    std::optional<int> positive_int(std::string_view field, bool required = true) {
-        const auto n = integer(field, required, 1, std::numeric_limits<int>::max(), "a positive integer");
-        if (!n) return std::nullopt;
-        return static_cast<int>(*n);
-    }
-
-    // A number (integer or with a fraction) for which `valid` holds.
+    // A finite number for which `valid` holds.
     template <class Valid>
-    std::optional<double> number(std::string_view field, bool required, const std::string& expected,
-                                 Valid valid) {
+    std::optional<double> number(std::string_view field, bool required, std::string_view expected, Valid valid) {
         const json* value = find(field, required, expected);
         if (value == nullptr) return std::nullopt;
-        if (!value->is_number()) return wrong(field, *value, "is " + kind_text(*value), expected);
-        const double d = value->get<double>();
-        if (!std::isfinite(d)) return wrong(field, *value, "is not a finite number", expected);
-        if (!valid(d)) return out_of_range(field, *value, expected);
+        std::string why;
+        const auto d = json_read::to_number(*value, why);
+        if (!d) return wrong(field, *value, why, expected);
+        if (!valid(*d)) return wrong(field, *value, "is out of range", expected);
         return d;
     }
 
@@ -363,28 +458,77 @@ public:
         return text;
     }
 
-    const json* find(std::string_view field, bool required, const std::string& expected) {
-        const auto it = object_.find(std::string(field));
+    // An array of layer kinds (its length is a cross-field rule, checked by the caller).
+    std::optional<LayerKinds> layer_kinds(std::string_view field, bool required) {
+        const std::string expected =
+            "an array of " +
+            quoted_list(std::array<std::string_view, 2>{SlidingAttention::name, FullAttention::name}, " or ");
+        const json* value = find(field, required, expected);
+        if (value == nullptr) return std::nullopt;
+        if (!value->is_array()) return wrong(field, *value, "is " + kind_text(*value), expected);
+        LayerKinds kinds;
+        int bad = 0;
+        for (std::size_t i = 0; i < value->size(); ++i) {
+            const json& entry = (*value)[i];
+            if (entry.is_string() && entry.get_ref<const std::string&>() == SlidingAttention::name) {
+                kinds.push_back(AttentionKind::sliding);
+            } else if (entry.is_string() && entry.get_ref<const std::string&>() == FullAttention::name) {
+                kinds.push_back(AttentionKind::full);
+            } else if (++bad <= max_reported_entries) {
+                problem(name(field) + "[" + std::to_string(i) + "]",
+                        "value " + value_text(entry) + " is not a layer kind; expected " +
+                            quoted(SlidingAttention::name) + " or " + quoted(FullAttention::name));
+            }
+        }
+        if (bad > max_reported_entries) {
+            problem(field, std::to_string(bad - max_reported_entries) + " more entries are not layer kinds");
+        }
+        if (bad > 0) return std::nullopt;
+        return kinds;
+    }
+
+    // One field of a table row: the reader that its type and rule call for.
+    template <class T, class Presence, class Rule>
+    std::optional<T> field(std::string_view field, Presence presence, const Rule& rule) {
+        const bool required = fields::is_required(presence);
+        if constexpr (std::is_same_v<T, bool>) {
+            static_assert(std::is_same_v<Rule, fields::Any>);
+            return boolean(field, required);
+        } else if constexpr (std::integral<T>) {
+            return integer<T>(field, required, rule.template integer_low<T>(), rule.template integer_high<T>(),
+                              rule.integer_text);
+        } else if constexpr (std::is_same_v<T, double>) {
+            return number(field, required, rule.number_text, [&](double x) { return rule.contains(x); });
+        } else if constexpr (std::is_same_v<T, std::string>) {
+            return choice(field, required, rule.allowed);
+        } else {
+            static_assert(std::is_same_v<T, LayerKinds>);
+            return layer_kinds(field, required);
+        }
+    }
+
+    const json* find(std::string_view field, bool required, std::string_view expected) {
+        const auto it = object_.find(field);
         if (it == object_.end()) {
-            if (required) problem(field, "missing; expected " + expected);
+            if (required) problem(field, "missing; expected " + std::string(expected));
             return nullptr;
         }
         return &*it;
     }
 
+    // At most this many entries of one array are reported individually.
+    static constexpr int max_reported_entries = 8;
+
 private:
-    std::nullopt_t wrong(std::string_view field, const json& value, const std::string& what,
-                         const std::string& expected) {
-        problem(field, "value " + value_text(value) + " " + what + "; expected " + expected);
+    std::nullopt_t wrong(std::string_view field, const json& value, std::string_view what, std::string_view expected) {
+        problem(field, "value " + value_text(value) + " " + std::string(what) + "; expected " + std::string(expected));
         return std::nullopt;
-    }
-    std::nullopt_t out_of_range(std::string_view field, const json& value, const std::string& expected) {
-        return wrong(field, value, "is out of range", expected);
     }
 
     const json& object_;
     std::string source_;
     std::vector<std::string>& problems_;
+    const FieldNames* names_;
 };
 
 inline void require_object(const json& j, std::string_view source, std::string_view what,
@@ -396,137 +540,83 @@ inline void require_object(const json& j, std::string_view source, std::string_v
     }
 }
 
-// At most this many entries of one array are reported individually.
-inline constexpr int max_reported_entries = 8;
+// Reads every field of the table into a local of the field's name (std::optional of its type).
+#define GEMMA3_READ_FIELD(type, name, presence, rule, ...) \
+    const std::optional<type> name = r.field<type>(#name, fields::presence, fields::rule);
+// Copies a field that was read (or keeps the default of an absent optional one).
+#define GEMMA3_ASSIGN_FIELD(type, name, ...) \
+    if (name) result.name = *name;
 
-inline ModelConfigFile parse_model_config(const json& j, std::string_view source,
-                                          std::vector<std::string> problems) {
+inline ModelConfigFile parse_model_config(const json& j, std::string_view source, std::vector<std::string> problems,
+                                          const FieldNames* names = nullptr) {
     require_object(j, source, "model", problems);
-    FieldReader r(j, source, problems);
-    r.reject_unknown_fields(model_config_fields);
+    FieldReader r(j, source, problems, names);
+    if (names == nullptr) r.reject_unknown_fields(model_config_fields);
 
-    ModelConfigFile c;
-    c.source = std::string(source);
-    const auto vocab_size = r.positive_int("vocab_size");
-    const auto context_length = r.positive_int("context_length");
-    const auto emb_dim = r.positive_int("emb_dim");
-    const auto n_heads = r.positive_int("n_heads");
-    const auto n_layers = r.positive_int("n_layers");
-    const auto hidden_dim = r.positive_int("hidden_dim");
-    const auto head_dim = r.positive_int("head_dim", /*required=*/false);
-    const auto qk_norm = r.boolean("qk_norm", true);
-    const auto n_kv_groups = r.positive_int("n_kv_groups");
-    const auto positive = [](double x) { return x > 0; };
-    const auto above_one = [](double x) { return x > 1; };
-    const auto query_pre_attn_scalar = r.number("query_pre_attn_scalar", true, "a positive number", positive);
-    const auto rope_local_base = r.number("rope_local_base", true, "a number greater than 1", above_one);
-    const auto rope_base = r.number("rope_base", true, "a number greater than 1", above_one);
-    const auto sliding_window = r.positive_int("sliding_window");
-    const auto dtype = r.choice("dtype", true, model_dtypes);
-    const auto tie = r.boolean("tie_word_embeddings", false);
-    const auto rms_norm_eps = r.number("rms_norm_eps", false, "a positive number", positive);
-    const auto initializer_range = r.number("initializer_range", false, "a positive number", positive);
-    const auto init = r.choice("init", false, init_schemes);
+    ModelConfigFile result;
+    result.source = std::string(source);
+    result.format = names == nullptr ? ConfigFormat::gemma3 : ConfigFormat::hugging_face;
+    GEMMA3_MODEL_CONFIG_FIELDS(GEMMA3_READ_FIELD)
 
-    // layer_types: an array of known kinds, exactly n_layers long.
-    std::optional<std::vector<AttentionKind>> layer_types;
-    const std::string kinds_expected =
-        "an array of " + quoted_list(std::array<std::string_view, 2>{SlidingAttention::name, FullAttention::name}, " or ");
-    if (const json* value = r.find("layer_types", true, kinds_expected)) {
-        if (!value->is_array()) {
-            r.problem("layer_types", "value " + value_text(*value) + " is " + kind_text(*value) +
-                                         "; expected " + kinds_expected);
-        } else {
-            std::vector<AttentionKind> kinds;
-            int bad = 0;
-            for (std::size_t i = 0; i < value->size(); ++i) {
-                const json& entry = (*value)[i];
-                if (entry.is_string() && entry.get_ref<const std::string&>() == SlidingAttention::name) {
-                    kinds.push_back(AttentionKind::sliding);
-                } else if (entry.is_string() && entry.get_ref<const std::string&>() == FullAttention::name) {
-                    kinds.push_back(AttentionKind::full);
-                } else if (++bad <= max_reported_entries) {
-                    r.problem("layer_types[" + std::to_string(i) + "]",
-                              "value " + value_text(entry) + " is not a layer kind; expected " +
-                                  quoted(SlidingAttention::name) + " or " + quoted(FullAttention::name));
-                }
-            }
-            if (bad > max_reported_entries) {
-                r.problem("layer_types", std::to_string(bad - max_reported_entries) +
-                                             " more entries are not layer kinds");
-            }
-            if (n_layers && value->size() != static_cast<std::size_t>(*n_layers)) {
-                r.problem("layer_types", "has " + std::to_string(value->size()) +
-                                             " entries; expected exactly n_layers (" +
-                                             std::to_string(*n_layers) + ")");
-            }
-            if (bad == 0) layer_types = std::move(kinds);
-        }
+    // The cross-field rules; messages name the fields as the document does.
+    const auto n = [&](std::string_view field) { return r.name(field); };
+    // (counted even when some entries are not layer kinds)
+    const json* kinds = r.find("layer_types", /*required=*/false, {});
+    if (kinds && kinds->is_array() && n_layers && kinds->size() != static_cast<std::size_t>(*n_layers)) {
+        r.problem("layer_types", "has " + std::to_string(kinds->size()) + " entries; expected exactly " +
+                                     n("n_layers") + " (" + std::to_string(*n_layers) + ")");
     }
 
     // head_dim: given, or emb_dim / n_heads (the seed's rule); even either way.
-    std::optional<int> resolved_head_dim = head_dim;
+    // A plain int, 0 while unknown: GCC 12 warns falsely that an optional's value "may be used
+    // uninitialized" here (-Wmaybe-uninitialized).
+    int resolved_head_dim = head_dim.value_or(0);
     if (!r.has("head_dim") && emb_dim && n_heads) {
         if (*emb_dim % *n_heads != 0) {
-            r.problem("head_dim", "not set, so it would be emb_dim / n_heads, but emb_dim (" +
-                                      std::to_string(*emb_dim) + ") is not a multiple of n_heads (" +
-                                      std::to_string(*n_heads) + "); set head_dim explicitly");
+            r.problem("head_dim", "not set, so it would be " + n("emb_dim") + " / " + n("n_heads") + ", but " +
+                                      n("emb_dim") + " (" + std::to_string(*emb_dim) + ") is not a multiple of " +
+                                      n("n_heads") + " (" + std::to_string(*n_heads) + "); set " + n("head_dim") +
+                                      " explicitly");
         } else {
             resolved_head_dim = *emb_dim / *n_heads;
         }
     }
-    if (resolved_head_dim && *resolved_head_dim % 2 != 0) {
+    if (resolved_head_dim % 2 != 0) {
         if (r.has("head_dim")) {
-            r.problem("head_dim", "value " + std::to_string(*resolved_head_dim) +
+            r.problem("head_dim", "value " + std::to_string(resolved_head_dim) +
                                       " is odd; expected an even number (RoPE rotates pairs of dimensions)");
         } else {
-            r.problem("head_dim", "not set, so it is emb_dim / n_heads = " + std::to_string(*emb_dim) + " / " +
-                                      std::to_string(*n_heads) + " = " + std::to_string(*resolved_head_dim) +
+            r.problem("head_dim", "not set, so it is " + n("emb_dim") + " / " + n("n_heads") + " = " +
+                                      std::to_string(*emb_dim) + " / " + std::to_string(*n_heads) + " = " +
+                                      std::to_string(resolved_head_dim) +
                                       ", which is odd; expected an even number (RoPE rotates pairs of "
-                                      "dimensions); set head_dim explicitly");
+                                      "dimensions); set " + n("head_dim") + " explicitly");
         }
-        resolved_head_dim.reset();
+        resolved_head_dim = 0;
     }
 
     if (n_heads && n_kv_groups && *n_heads % *n_kv_groups != 0) {
-        r.problem("n_heads", "value " + std::to_string(*n_heads) + " is not a multiple of n_kv_groups (" +
-                                 std::to_string(*n_kv_groups) + ")");
+        r.problem("n_heads", "value " + std::to_string(*n_heads) + " is not a multiple of " + n("n_kv_groups") +
+                                 " (" + std::to_string(*n_kv_groups) + ")");
     }
     if (sliding_window && context_length) {
         if (*sliding_window >= *context_length) {
-            r.problem("sliding_window", "value " + std::to_string(*sliding_window) +
-                                            " is not smaller than context_length (" +
-                                            std::to_string(*context_length) + ")");
+            r.problem("sliding_window", "value " + std::to_string(*sliding_window) + " is not smaller than " +
+                                            n("context_length") + " (" + std::to_string(*context_length) + ")");
         } else if (*sliding_window > *context_length / 2) {
-            c.warnings.push_back(c.source + ": field \"sliding_window\": value " + std::to_string(*sliding_window) +
-                                 " is more than half of context_length (" + std::to_string(*context_length) +
-                                 "); the window should be significantly smaller than the context, or the "
-                                 "sliding layers save little over full attention");
+            result.warnings.push_back(result.source + ": field \"" + n("sliding_window") + "\": value " +
+                                      std::to_string(*sliding_window) + " is more than half of " +
+                                      n("context_length") + " (" + std::to_string(*context_length) +
+                                      "); the window should be significantly smaller than the context, or the "
+                                      "sliding layers save little over full attention");
         }
     }
 
     if (!problems.empty()) throw ConfigError(std::move(problems));
 
-    c.vocab_size = *vocab_size;
-    c.context_length = *context_length;
-    c.emb_dim = *emb_dim;
-    c.n_heads = *n_heads;
-    c.n_layers = *n_layers;
-    c.hidden_dim = *hidden_dim;
-    c.head_dim = *resolved_head_dim;
-    c.qk_norm = *qk_norm;
-    c.n_kv_groups = *n_kv_groups;
-    c.query_pre_attn_scalar = *query_pre_attn_scalar;
-    c.rope_local_base = *rope_local_base;
-    c.rope_base = *rope_base;
-    c.sliding_window = *sliding_window;
-    c.layer_types = std::move(*layer_types);
-    c.dtype = *dtype;
-    if (tie) c.tie_word_embeddings = *tie;
-    if (rms_norm_eps) c.rms_norm_eps = *rms_norm_eps;
-    if (initializer_range) c.initializer_range = *initializer_range;
-    if (init) c.init = *init;
-    return c;
+    GEMMA3_MODEL_CONFIG_FIELDS(GEMMA3_ASSIGN_FIELD)
+    result.head_dim = resolved_head_dim;  // nonzero: a missing or odd one is a problem above
+    return result;
 }
 
 inline TrainingConfig parse_training_config(const json& j, std::string_view source,
@@ -535,36 +625,9 @@ inline TrainingConfig parse_training_config(const json& j, std::string_view sour
     FieldReader r(j, source, problems);
     r.reject_unknown_fields(training_config_fields);
 
-    constexpr std::int64_t int64_max = std::numeric_limits<std::int64_t>::max();
-    const auto positive = [](double x) { return x > 0; };
-    const auto non_negative = [](double x) { return x >= 0; };
-    const auto fraction = [](double x) { return x >= 0 && x < 1; };
-
-    TrainingConfig t;
-    t.source = std::string(source);
-    const auto learning_rate = r.number("learning_rate", true, "a positive number", positive);
-    const auto warmup_steps = r.integer("warmup_steps", true, 0, int64_max, "an integer >= 0");
-    const auto min_lr = r.number("min_lr", true, "a number >= 0", non_negative);
-    const auto max_iters = r.integer("max_iters", true, 1, int64_max, "a positive integer");
-    const auto eval_iters = r.integer("eval_iters", true, 1, int64_max, "a positive integer");
-    const auto batch_size = r.positive_int("batch_size");
-    const auto block_size = r.positive_int("block_size");
-    const auto accumulation = r.positive_int("gradient_accumulation_steps");
-    const auto device = r.choice("device", true, training_devices);
-    const auto dtype = r.choice("dtype", true, training_dtypes);
-    const auto ptdtype = r.choice("ptdtype", true, training_ptdtypes);
-
-    const auto beta1 = r.number("beta1", false, "a number in [0, 1)", fraction);
-    const auto beta2 = r.number("beta2", false, "a number in [0, 1)", fraction);
-    const auto adam_eps = r.number("adam_eps", false, "a positive number", positive);
-    const auto weight_decay = r.number("weight_decay", false, "a number >= 0", non_negative);
-    const auto grad_clip = r.number("grad_clip", false, "a number >= 0 (0 disables clipping)", non_negative);
-    const auto start_factor = r.number("warmup_start_factor", false, "a number in (0, 1]",
-                                       [](double x) { return x > 0 && x <= 1; });
-    const auto eval_interval = r.integer("eval_interval", false, 1, int64_max, "a positive integer");
-    const auto eval_batches = r.integer("eval_batches", false, 1, int64_max, "a positive integer");
-    const auto seed = r.integer("seed", false, 0, int64_max, "an integer >= 0");
-    const auto log_interval = r.integer("log_interval", false, 1, int64_max, "a positive integer");
+    TrainingConfig result;
+    result.source = std::string(source);
+    GEMMA3_TRAINING_CONFIG_FIELDS(GEMMA3_READ_FIELD)
 
     if (warmup_steps && max_iters && *warmup_steps > *max_iters) {
         r.problem("warmup_steps", "value " + std::to_string(*warmup_steps) + " is larger than max_iters (" +
@@ -573,28 +636,12 @@ inline TrainingConfig parse_training_config(const json& j, std::string_view sour
 
     if (!problems.empty()) throw ConfigError(std::move(problems));
 
-    t.learning_rate = *learning_rate;
-    t.warmup_steps = *warmup_steps;
-    t.min_lr = *min_lr;
-    t.max_iters = *max_iters;
-    t.eval_iters = *eval_iters;
-    t.batch_size = *batch_size;
-    t.block_size = *block_size;
-    t.gradient_accumulation_steps = *accumulation;
-    t.device = *device;
-    t.dtype = *dtype;
-    t.ptdtype = *ptdtype;
-    if (beta1) t.beta1 = *beta1;
-    if (beta2) t.beta2 = *beta2;
-    if (adam_eps) t.adam_eps = *adam_eps;
-    if (weight_decay) t.weight_decay = *weight_decay;
-    if (grad_clip) t.grad_clip = *grad_clip;
-    if (start_factor) t.warmup_start_factor = *start_factor;
-    t.eval_interval = eval_interval ? *eval_interval : t.eval_iters;
-    t.eval_batches = eval_batches ? *eval_batches : t.eval_iters;
-    if (seed) t.seed = static_cast<std::uint64_t>(*seed);
-    if (log_interval) t.log_interval = *log_interval;
+    GEMMA3_TRAINING_CONFIG_FIELDS(GEMMA3_ASSIGN_FIELD)
+    // The seed uses eval_iters as both the evaluation interval and its batch count.
+    if (!eval_interval) result.eval_interval = result.eval_iters;
+    if (!eval_batches) result.eval_batches = result.eval_iters;
 
+    TrainingConfig& t = result;
     // Spec §8.5: with eta_min above the base rate, CosineAnnealingLR anneals upward.
     if (t.min_lr > t.learning_rate) {
         t.warnings.push_back(
@@ -610,71 +657,29 @@ inline TrainingConfig parse_training_config(const json& j, std::string_view sour
                              " is not smaller than max_iters (" + std::to_string(t.max_iters) +
                              "), so no evaluation runs during training");
     }
-    return t;
+    return result;
 }
 
-// Reads a whole file, refusing anything that cannot be a config file.
+#undef GEMMA3_READ_FIELD
+#undef GEMMA3_ASSIGN_FIELD
+
+// The document limits of a config file: a few hundred bytes and two levels in practice.
+inline constexpr json_read::Limits config_limits{};
+
+// Reads a whole config file (json_read::read_text), refusing anything that cannot be one.
 inline std::string read_config_text(const std::filesystem::path& path, std::string_view what) {
-    const std::string name = path.string();
-    const std::string expected = "expected a " + std::string(what) + " JSON file";
-    std::error_code ec;
-    const auto status = std::filesystem::status(path, ec);
-    if (status.type() == std::filesystem::file_type::not_found) {
-        throw ConfigError({name + ": no such file (" + expected + ")"});
-    }
-    if (ec) throw ConfigError({name + ": cannot be examined: " + ec.message() + " (" + expected + ")"});
-    if (std::filesystem::is_directory(status)) throw ConfigError({name + ": is a directory (" + expected + ")"});
-    errno = 0;
-    std::ifstream in(path, std::ios::binary);
-    if (!in) {
-        const int error = errno;
-        throw ConfigError({name + ": cannot be opened for reading" +
-                           (error != 0 ? ": " + std::generic_category().message(error) : std::string())});
-    }
-    // Config files are a few hundred bytes. Reading stops past this cap, so a wrong path (say,
-    // train.bin, or /dev/zero) fails fast instead of filling memory; pipes still work.
-    constexpr std::size_t max_bytes = std::size_t{16} << 20;
-    std::string text;
-    std::array<char, 1 << 16> chunk{};
-    while (in && text.size() <= max_bytes) {
-        in.read(chunk.data(), chunk.size());
-        text.append(chunk.data(), static_cast<std::size_t>(in.gcount()));
-    }
-    if (in.bad()) throw ConfigError({name + ": read error (" + expected + ")"});
-    if (text.size() > max_bytes) {
-        throw ConfigError({name + ": is larger than " + std::to_string(max_bytes) + " bytes, too large for a " +
-                           std::string(what) + " JSON file"});
-    }
-    return text;
+    return json_read::read_text<ConfigError>(path, what, config_limits.max_bytes);
 }
 
-// Parses JSON text. Duplicate top-level keys go into `problems`: a JSON parser keeps only one of
-// the values, so such a file does not say what it means.
+// Parses JSON text within config_limits. Duplicate top-level keys go into `problems`: a JSON
+// parser keeps only one of the values, so such a file does not say what it means.
 inline json parse_config_text(const std::string& text, const std::string& name, std::vector<std::string>& problems) {
-    std::vector<std::string> seen;
-    const json::parser_callback_t note_duplicates = [&](int depth, json::parse_event_t event, json& parsed) {
-        if (event == json::parse_event_t::key && depth == 1 && parsed.is_string()) {
-            const auto& key = parsed.get_ref<const std::string&>();
-            if (std::find(seen.begin(), seen.end(), key) != seen.end()) {
-                problems.push_back(name + ": field \"" + key +
-                                   "\": appears more than once; expected each field once");
-            } else {
-                seen.push_back(key);
-            }
-        }
-        return true;
-    };
-    try {
-        return json::parse(text, note_duplicates);
-    } catch (const json::exception& e) {
-        // nlohmann's message starts with "[json.exception.parse_error.101] "; keep what follows,
-        // which has the line and column.
-        std::string message = e.what();
-        if (const auto end = message.find("] "); message.starts_with("[json.") && end != std::string::npos) {
-            message.erase(0, end + 2);
-        }
-        throw ConfigError({name + ": not valid JSON: " + message});
+    std::vector<std::string> duplicates;
+    json j = json_read::parse<ConfigError>(text, name, config_limits, &duplicates);
+    for (const auto& key : duplicates) {
+        problems.push_back(name + ": field \"" + key + "\": appears more than once; expected each field once");
     }
+    return j;
 }
 
 }  // namespace detail
@@ -690,7 +695,8 @@ inline TrainingConfig parse_training_config(const nlohmann::json& j, std::string
 }
 
 // Reads and checks a model config file. Throws ConfigError naming the file when it is missing,
-// unreadable or not JSON, and listing every problem of its contents otherwise.
+// unreadable, too large, too deeply nested or not JSON, and listing every problem of its contents
+// otherwise.
 inline ModelConfigFile load_model_config(const std::filesystem::path& path) {
     std::vector<std::string> problems;
     const auto j = detail::parse_config_text(detail::read_config_text(path, "model config"), path.string(), problems);
@@ -733,138 +739,107 @@ template <ModelConfig C>
 ModelConfigFile config_file_of() {
     static_assert(check_config<C>());
     ModelConfigFile c;
-    c.vocab_size = C::vocab_size;
-    c.context_length = C::context_length;
-    c.emb_dim = C::emb_dim;
-    c.n_heads = C::n_heads;
-    c.n_layers = C::n_layers;
-    c.hidden_dim = C::hidden_dim;
-    c.head_dim = C::head_dim;
-    c.qk_norm = C::qk_norm;
-    c.n_kv_groups = C::n_kv_groups;
-    c.query_pre_attn_scalar = C::query_pre_attn_scalar;
-    c.rope_local_base = C::rope_local_base;
-    c.rope_base = C::rope_base;
-    c.sliding_window = C::sliding_window;
-    c.layer_types.assign(C::layer_types::kinds.begin(), C::layer_types::kinds.end());
+#define GEMMA3_COPY_COMPILED(type, name, ...) c.name = GEMMA3_COMPILED_VALUE(type, C, name);
+    GEMMA3_MODEL_ARCHITECTURE_FIELDS(GEMMA3_COPY_COMPILED)
+#undef GEMMA3_COPY_COMPILED
     c.dtype = "float32";
-    c.tie_word_embeddings = C::tie_word_embeddings;
-    c.rms_norm_eps = C::rms_norm_eps;
     c.source = std::string(config_name<C>());
     return c;
 }
 
+namespace detail {
+
+// A field as the config's format names it (Hugging Face's name for a converted config.json).
+inline std::string field_name_in(ConfigFormat format, std::string_view field) {
+    if (format == ConfigFormat::gemma3) return std::string(field);
+#define GEMMA3_HF_NAME(type, name, presence, rule, hugging_face, ...) \
+    if (field == #name) return fields::hf_name(fields::hugging_face, #name);
+    GEMMA3_MODEL_CONFIG_FIELDS(GEMMA3_HF_NAME)
+#undef GEMMA3_HF_NAME
+    return std::string(field);
+}
+
+// A field's value as messages and generated code write it.
+inline std::string value_text(int v) { return std::to_string(v); }
+inline std::string value_text(double v) { return number_text(v); }
+inline std::string value_text(bool v) { return v ? "true" : "false"; }
+
+}  // namespace detail
+
 // Throws ConfigError when the file's architecture differs from the compiled type C, listing every
-// differing field and saying how to build a matching type. Doubles are compared exactly: both
-// come from the same decimal text (the generator copies the JSON's numbers into C++).
+// differing field (as the file's format names it) and saying how to build a matching type.
+// Doubles are compared exactly: both come from the same decimal text (the generator copies the
+// file's numbers into C++).
 template <ModelConfig C>
 void require_matches(const ModelConfigFile& file) {
     const ModelConfigFile compiled = config_file_of<C>();
     const std::string type_name(config_name<C>());
     std::vector<std::string> problems;
-    auto differ = [&](std::string_view field, const std::string& in_file, const std::string& in_type) {
-        problems.push_back(file.source + ": field \"" + std::string(field) + "\": the file has " + in_file +
+    auto differ = [&](const std::string& field, const std::string& in_file, const std::string& in_type) {
+        problems.push_back(file.source + ": field \"" + field + "\": the file has " + in_file +
                            ", the compiled type " + type_name + " has " + in_type);
     };
-    auto compare_int = [&](std::string_view field, int a, int b) {
-        if (a != b) differ(field, std::to_string(a), std::to_string(b));
-    };
-    auto compare_double = [&](std::string_view field, double a, double b) {
-        if (a != b) differ(field, detail::number_text(a), detail::number_text(b));
-    };
-    auto compare_bool = [&](std::string_view field, bool a, bool b) {
-        if (a != b) differ(field, a ? "true" : "false", b ? "true" : "false");
-    };
-    compare_int("vocab_size", file.vocab_size, compiled.vocab_size);
-    compare_int("context_length", file.context_length, compiled.context_length);
-    compare_int("emb_dim", file.emb_dim, compiled.emb_dim);
-    compare_int("n_heads", file.n_heads, compiled.n_heads);
-    compare_int("n_layers", file.n_layers, compiled.n_layers);
-    compare_int("hidden_dim", file.hidden_dim, compiled.hidden_dim);
-    compare_int("head_dim", file.head_dim, compiled.head_dim);
-    compare_bool("qk_norm", file.qk_norm, compiled.qk_norm);
-    compare_int("n_kv_groups", file.n_kv_groups, compiled.n_kv_groups);
-    compare_double("query_pre_attn_scalar", file.query_pre_attn_scalar, compiled.query_pre_attn_scalar);
-    compare_double("rope_local_base", file.rope_local_base, compiled.rope_local_base);
-    compare_double("rope_base", file.rope_base, compiled.rope_base);
-    compare_int("sliding_window", file.sliding_window, compiled.sliding_window);
-    compare_bool("tie_word_embeddings", file.tie_word_embeddings, compiled.tie_word_embeddings);
-    compare_double("rms_norm_eps", file.rms_norm_eps, compiled.rms_norm_eps);
-    if (file.layer_types.size() != compiled.layer_types.size()) {
-        differ("layer_types", std::to_string(file.layer_types.size()) + " entries",
-               std::to_string(compiled.layer_types.size()) + " entries");
-    }
-    const std::size_t common = std::min(file.layer_types.size(), compiled.layer_types.size());
-    for (std::size_t i = 0; i < common; ++i) {
-        if (file.layer_types[i] != compiled.layer_types[i]) {
-            differ("layer_types[" + std::to_string(i) + "]",
-                   detail::quoted(attention_kind_name(file.layer_types[i])),
-                   detail::quoted(attention_kind_name(compiled.layer_types[i])));
+    auto compare = [&]<class T>(std::string_view field, const T& in_file, const T& in_type) {
+        const std::string name = detail::field_name_in(file.format, field);
+        if constexpr (std::is_same_v<T, LayerKinds>) {
+            if (in_file.size() != in_type.size()) {
+                differ(name, std::to_string(in_file.size()) + " entries", std::to_string(in_type.size()) + " entries");
+            }
+            const std::size_t common = std::min(in_file.size(), in_type.size());
+            for (std::size_t i = 0; i < common; ++i) {
+                if (in_file[i] != in_type[i]) {
+                    differ(name + "[" + std::to_string(i) + "]", detail::quoted(attention_kind_name(in_file[i])),
+                           detail::quoted(attention_kind_name(in_type[i])));
+                }
+            }
+        } else if (in_file != in_type) {
+            differ(name, detail::value_text(in_file), detail::value_text(in_type));
         }
-    }
+    };
+#define GEMMA3_COMPARE_FIELD(type, name, ...) compare(#name, file.name, compiled.name);
+    GEMMA3_MODEL_ARCHITECTURE_FIELDS(GEMMA3_COMPARE_FIELD)
+#undef GEMMA3_COMPARE_FIELD
     if (problems.empty()) return;
     const std::string advice =
         "The model's architecture is compiled in; to run with " + file.source +
         ", build with a config type that matches it. Generate one in CMake with\n"
         "    gemma3_generate_config(NAME MyConfig JSON " + file.source +
         " OUTPUT ${CMAKE_CURRENT_BINARY_DIR}/my_config.hpp)\n"
-        "(cmake/gemma3GenerateConfig.cmake; it defines gemma3::configs::MyConfig in my_config.hpp), "
-        "or write a struct like those in include/gemma3/configs.hpp.";
+        "which reads our model config and Hugging Face's config.json alike and defines "
+        "gemma3::configs::MyConfig in my_config.hpp (add ${CMAKE_CURRENT_BINARY_DIR} to the include path). "
+        "find_package(gemma3) provides it, from lib/cmake/gemma3/gemma3GenerateConfig.cmake under the install "
+        "prefix (cmake/gemma3GenerateConfig.cmake in a source checkout). Or write a struct like those in "
+        "<gemma3/configs.hpp> (include/gemma3/configs.hpp under the install prefix).";
     throw ConfigError(std::move(problems), advice);
 }
+
+namespace detail {
+inline json json_value(const LayerKinds& kinds) {
+    json names = json::array();
+    for (AttentionKind kind : kinds) names.push_back(std::string(attention_kind_name(kind)));
+    return names;
+}
+template <class T>
+json json_value(const T& value) {
+    return json(value);
+}
+}  // namespace detail
 
 // The seed's field names; parse_*_config reads these back to an equal struct (apart from source
 // and warnings).
 inline nlohmann::json to_json(const ModelConfigFile& c) {
-    nlohmann::json layer_types = nlohmann::json::array();
-    for (AttentionKind kind : c.layer_types) layer_types.push_back(std::string(attention_kind_name(kind)));
-    return nlohmann::json{
-        {"vocab_size", c.vocab_size},
-        {"context_length", c.context_length},
-        {"emb_dim", c.emb_dim},
-        {"n_heads", c.n_heads},
-        {"n_layers", c.n_layers},
-        {"hidden_dim", c.hidden_dim},
-        {"head_dim", c.head_dim},
-        {"qk_norm", c.qk_norm},
-        {"n_kv_groups", c.n_kv_groups},
-        {"query_pre_attn_scalar", c.query_pre_attn_scalar},
-        {"rope_local_base", c.rope_local_base},
-        {"rope_base", c.rope_base},
-        {"sliding_window", c.sliding_window},
-        {"layer_types", std::move(layer_types)},
-        {"dtype", c.dtype},
-        {"tie_word_embeddings", c.tie_word_embeddings},
-        {"rms_norm_eps", c.rms_norm_eps},
-        {"initializer_range", c.initializer_range},
-        {"init", c.init},
-    };
+    nlohmann::json j = nlohmann::json::object();
+#define GEMMA3_FIELD_TO_JSON(type, name, ...) j[#name] = detail::json_value(c.name);
+    GEMMA3_MODEL_CONFIG_FIELDS(GEMMA3_FIELD_TO_JSON)
+    return j;
 }
 
 inline nlohmann::json to_json(const TrainingConfig& t) {
-    return nlohmann::json{
-        {"learning_rate", t.learning_rate},
-        {"warmup_steps", t.warmup_steps},
-        {"min_lr", t.min_lr},
-        {"max_iters", t.max_iters},
-        {"eval_iters", t.eval_iters},
-        {"batch_size", t.batch_size},
-        {"block_size", t.block_size},
-        {"gradient_accumulation_steps", t.gradient_accumulation_steps},
-        {"device", t.device},
-        {"dtype", t.dtype},
-        {"ptdtype", t.ptdtype},
-        {"beta1", t.beta1},
-        {"beta2", t.beta2},
-        {"adam_eps", t.adam_eps},
-        {"weight_decay", t.weight_decay},
-        {"grad_clip", t.grad_clip},
-        {"warmup_start_factor", t.warmup_start_factor},
-        {"eval_interval", t.eval_interval},
-        {"eval_batches", t.eval_batches},
-        {"seed", t.seed},
-        {"log_interval", t.log_interval},
-    };
+    nlohmann::json j = nlohmann::json::object();
+    const TrainingConfig& c = t;
+    GEMMA3_TRAINING_CONFIG_FIELDS(GEMMA3_FIELD_TO_JSON)
+#undef GEMMA3_FIELD_TO_JSON
+    return j;
 }
 
 }  // namespace gemma3

@@ -49,21 +49,31 @@ AttentionShape attention_shape(int layer, Index batch, Index seq) {
                           1.0 / std::sqrt(C::query_pre_attn_scalar)};
 }
 
-// One decoder block: act.input -> `out` ([N, D]; the next block's input).
-template <ModelConfig C, class T>
-void block_forward(int layer, const BlockWeights<const T>& w, const RopeTables<T>& rope, Activations<C, T>& acts,
-                   BlockActivations<T>& a, T* out) {
+// A block's weight matrices as operands of linear_forward: the parameter layout's plain rows here;
+// packed (bf16, int8) matrices for inference pass through as they are (ops/packed_linear.hpp).
+template <class T>
+ConstMatrixView<T> weight_operand(const T* w, Index rows, Index cols) {
+    return const_view(w, rows, cols);
+}
+
+// One decoder block: a.input -> `out` ([N, D]; the next block's input; may be a.input itself).
+// The block is the same for training and for cached decoding; only where attention finds its keys
+// and values differs, so that part is the caller's `attend(q, k, v, out)`: q [N, H*Dh] and k
+// [N, Hk*Dh] normalised and rotated, v [N, Hk*Dh], out [N, H*Dh]. Training attends over the whole
+// sequence (flash_attention_forward); decoding over its KV cache plus the new tokens (generation.hpp).
+// `w` is BlockWeights<const T> or a block of packed inference weights with the same member names.
+template <ModelConfig C, class T, class BlockW, class Attend>
+void block_forward(const BlockW& w, const RopeTable<T>& table, std::span<const std::int32_t> positions,
+                   BlockActivations<T>& a, T* out, Attend&& attend) {
     using D = Dims<C>;
-    const Index n = acts.tokens_count();
+    const Index n = static_cast<Index>(positions.size());
     const T eps = static_cast<T>(C::rms_norm_eps);
-    const auto positions = std::span<const std::int32_t>(acts.positions);
-    const auto& table = rope.for_kind(D::kind(layer));
 
     // Attention branch. Wq, Wk and Wv are adjacent rows of one [q + 2 kv, D] matrix in the
     // parameter layout, so one product computes all three projections side by side.
     rmsnorm_forward<T>(const_view<T>(a.input.data(), n, D::model), w.input_norm, eps,
                        matrix_view(a.attn_in.data(), n, D::model), a.input_rstd.data());
-    linear_forward<T>(const_view<T>(a.attn_in.data(), n, D::model), const_view(w.q_proj, D::qkv, D::model),
+    linear_forward<T>(const_view<T>(a.attn_in.data(), n, D::model), weight_operand(w.q_proj, D::qkv, D::model),
                       matrix_view(a.qkv.data(), n, D::qkv));
     const auto qkv = const_view<T>(a.qkv.data(), n, D::qkv);
     const auto q = column_block(qkv, 0, D::q), k = column_block(qkv, D::q, D::kv), v = column_block(qkv, D::q + D::kv, D::kv);
@@ -83,9 +93,8 @@ void block_forward(int layer, const BlockWeights<const T>& w, const RopeTables<T
     }
     rope_forward<T>(q_rot, D::head, positions, table);
     rope_forward<T>(k_rot, D::head, positions, table);
-    flash_attention_forward<T>(as_const(q_rot), as_const(k_rot), v, attention_shape<C, T>(layer, acts.batch, acts.seq),
-                               matrix_view(a.attn.data(), n, D::q), acts.keep_lse ? a.lse.data() : nullptr);
-    linear_forward<T>(const_view<T>(a.attn.data(), n, D::q), matrix_view(w.o_proj, D::model, D::q),
+    attend(as_const(q_rot), as_const(k_rot), v, matrix_view(a.attn.data(), n, D::q));
+    linear_forward<T>(const_view<T>(a.attn.data(), n, D::q), weight_operand(w.o_proj, D::model, D::q),
                       matrix_view(a.attn_proj.data(), n, D::model));
     // mid = input + post_attention_norm(attn_proj), computed in the mid buffer.
     rmsnorm_forward<T>(const_view<T>(a.attn_proj.data(), n, D::model), w.post_attention_norm, eps,
@@ -96,12 +105,12 @@ void block_forward(int layer, const BlockWeights<const T>& w, const RopeTables<T
     rmsnorm_forward<T>(const_view<T>(a.mid.data(), n, D::model), w.pre_feedforward_norm, eps,
                        matrix_view(a.mlp_in.data(), n, D::model), a.mid_rstd.data());
     // Wg and Wu are adjacent too: one product gives [gate | up].
-    linear_forward<T>(const_view<T>(a.mlp_in.data(), n, D::model), const_view(w.gate_proj, 2 * D::ffn, D::model),
+    linear_forward<T>(const_view<T>(a.mlp_in.data(), n, D::model), weight_operand(w.gate_proj, 2 * D::ffn, D::model),
                       matrix_view(a.gate_up.data(), n, 2 * D::ffn));
     const auto gate_up = const_view<T>(a.gate_up.data(), n, 2 * D::ffn);
     geglu_forward<T>(column_block(gate_up, 0, D::ffn), column_block(gate_up, D::ffn, D::ffn),
                      matrix_view(a.act.data(), n, D::ffn));
-    linear_forward<T>(const_view<T>(a.act.data(), n, D::ffn), matrix_view(w.down_proj, D::model, D::ffn),
+    linear_forward<T>(const_view<T>(a.act.data(), n, D::ffn), weight_operand(w.down_proj, D::model, D::ffn),
                       matrix_view(a.mlp_out.data(), n, D::model));
     rmsnorm_forward<T>(const_view<T>(a.mlp_out.data(), n, D::model), w.post_feedforward_norm, eps,
                        matrix_view(out, n, D::model), a.mlp_out_rstd.data());
@@ -122,7 +131,12 @@ void forward_to_final_norm(const Weights<C, const T>& w, std::span<const std::in
     for (int l = 0; l < D::layers; ++l) {
         const auto li = static_cast<std::size_t>(l);
         T* out = l + 1 < D::layers ? acts.blocks[li + 1].input.data() : acts.final_in.data();
-        block_forward<C, T>(l, w.blocks[li], rope, acts, acts.blocks[li], out);
+        auto& a = acts.blocks[li];
+        const auto shape = attention_shape<C, T>(l, acts.batch, acts.seq);
+        block_forward<C, T>(w.blocks[li], rope.for_kind(D::kind(l)), std::span<const std::int32_t>(acts.positions), a, out,
+                            [&](ConstMatrixView<T> q, ConstMatrixView<T> k, ConstMatrixView<T> v, MatrixView<T> attn) {
+                                flash_attention_forward<T>(q, k, v, shape, attn, acts.keep_lse ? a.lse.data() : nullptr);
+                            });
     }
     rmsnorm_forward<T>(const_view<T>(acts.final_in.data(), n, D::model), w.final_norm, static_cast<T>(C::rms_norm_eps),
                        matrix_view(acts.final_out.data(), n, D::model), acts.final_rstd.data());

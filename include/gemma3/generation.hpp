@@ -8,10 +8,15 @@
 // New tokens are processed in chunks. For each layer, a chunk's queries attend to two sets of keys:
 // the cache as it was before the chunk (positions < p0) and the chunk's own keys; then the chunk's
 // keys and values are written into the cache. So the ring never has to hold more than the window.
+//
+// The blocks are forward.hpp's block_forward, with attention against the cache. The weights are the
+// model's own (float or double), or a PackedWeights copy in bf16 or blockwise int8 that decoding
+// reads at half or about a quarter of fp32's bytes per token (ops/packed_linear.hpp).
 #pragma once
 
 #include "forward.hpp"
 #include "model.hpp"
+#include "ops/packed_linear.hpp"
 
 #include <algorithm>
 #include <array>
@@ -164,6 +169,80 @@ void attention_with_cache(ConstMatrixView<T> q, ConstMatrixView<T> k_new, ConstM
     }
 }
 
+// A model's weights packed for inference (bf16, or blockwise int8; ops/packed_linear.hpp), made once
+// from fp32 weights. The four matrices of a block keep forward.hpp's member names (q_proj covers
+// the adjacent q, k and v rows, gate_proj gate and up); norm weights stay fp32. A tied head is packed
+// once and the embedding reads its rows.
+struct PackedBlockWeights {
+    const float* input_norm = nullptr;
+    PackedMatrix q_proj;  // [q + 2 kv, D]
+    const float* q_norm = nullptr;
+    const float* k_norm = nullptr;
+    PackedMatrix o_proj;  // [D, q]
+    const float* post_attention_norm = nullptr;
+    const float* pre_feedforward_norm = nullptr;
+    PackedMatrix gate_proj;  // [2F, D]
+    PackedMatrix down_proj;  // [D, F]
+    const float* post_feedforward_norm = nullptr;
+};
+
+template <ModelConfig C>
+class PackedWeights {
+public:
+    using D = Dims<C>;
+
+    PackedWeights(const Weights<C, const float>& w, WeightFormat format) : format_(format) {
+        const auto norm = [&](const float* p, Index n) {
+            if (!p) return static_cast<const float*>(nullptr);
+            const float* copy = norms_.data() + used_;
+            std::copy_n(p, n, norms_.data() + used_);
+            used_ += n;
+            return copy;
+        };
+        norms_.resize(static_cast<std::size_t>(D::layers * (4 * D::model + 2 * D::head) + D::model));
+        for (int l = 0; l < D::layers; ++l) {
+            const auto& b = w.blocks[static_cast<std::size_t>(l)];
+            auto& p = blocks_[static_cast<std::size_t>(l)];
+            p.input_norm = norm(b.input_norm, D::model);
+            p.q_norm = norm(b.q_norm, D::head);
+            p.k_norm = norm(b.k_norm, D::head);
+            p.post_attention_norm = norm(b.post_attention_norm, D::model);
+            p.pre_feedforward_norm = norm(b.pre_feedforward_norm, D::model);
+            p.post_feedforward_norm = norm(b.post_feedforward_norm, D::model);
+            p.q_proj = PackedMatrix::pack(const_view(b.q_proj, D::qkv, D::model), format);
+            p.o_proj = PackedMatrix::pack(const_view(b.o_proj, D::model, D::q), format);
+            p.gate_proj = PackedMatrix::pack(const_view(b.gate_proj, 2 * D::ffn, D::model), format);
+            p.down_proj = PackedMatrix::pack(const_view(b.down_proj, D::model, D::ffn), format);
+        }
+        final_norm_ = norm(w.final_norm, D::model);
+        head_ = PackedMatrix::pack(const_view(w.lm_head, D::vocab, D::model), format);
+        if (!C::tie_word_embeddings) embed_ = PackedMatrix::pack(const_view(w.embed, D::vocab, D::model), format);
+    }
+    PackedWeights(const PackedWeights&) = delete;  // the blocks point into norms_
+    PackedWeights& operator=(const PackedWeights&) = delete;
+
+    WeightFormat format() const { return format_; }
+    const PackedBlockWeights& block(int l) const { return blocks_[static_cast<std::size_t>(l)]; }
+    const PackedMatrix& embed() const { return C::tie_word_embeddings ? head_ : embed_; }
+    const PackedMatrix& head() const { return head_; }
+    const float* final_norm() const { return final_norm_; }
+
+    // Weight bytes a decoded token reads: every matrix once, the embedding one row.
+    std::size_t bytes_per_token() const {
+        std::size_t bytes = head_.bytes();
+        for (const auto& b : blocks_) bytes += b.q_proj.bytes() + b.o_proj.bytes() + b.gate_proj.bytes() + b.down_proj.bytes();
+        return bytes;
+    }
+
+private:
+    WeightFormat format_;
+    Buffer<float> norms_;
+    Index used_ = 0;
+    std::array<PackedBlockWeights, D::layers> blocks_;
+    const float* final_norm_ = nullptr;
+    PackedMatrix head_, embed_;
+};
+
 // Runs tokens through the model one chunk at a time, keeping a KV cache.
 template <ModelConfig C, class T>
 class Generator {
@@ -172,6 +251,11 @@ public:
 
     explicit Generator(const Model<C, Cpu<T>>& model, Index max_positions = D::context, Index chunk = 128)
         : weights_(model.parameters.weights()), cache_(max_positions), chunk_(chunk) {}
+    // Decodes with packed bf16 or int8 weights (which must outlive the generator).
+    explicit Generator(const PackedWeights<C>& weights, Index max_positions = D::context, Index chunk = 128)
+        requires std::is_same_v<T, float>
+        : weights_{}, packed_(&weights), cache_(max_positions), chunk_(chunk) {}
+    Generator(const PackedWeights<C>&&, Index = D::context, Index = 128) = delete;  // would dangle
 
     const KvCache<C, T>& cache() const { return cache_; }
     Index length() const { return cache_.length(); }
@@ -192,104 +276,83 @@ public:
         logits_.resize(static_cast<std::size_t>((all_logits ? n : 1) * D::vocab));
         for (Index c0 = 0; c0 < n; c0 += chunk_) {
             const Index m = std::min(chunk_, n - c0);
-            forward_chunk(tokens.subspan(static_cast<std::size_t>(c0), static_cast<std::size_t>(m)));
-            const auto h = const_view(final_.data(), m, D::model);
-            const auto head = const_view(weights_.lm_head, D::vocab, D::model);
-            if (all_logits) {
-                gemm(h, Op::none, head, Op::transpose, matrix_view(logits_.data() + c0 * D::vocab, m, D::vocab));
-            } else if (c0 + m == n) {
-                gemm(row_block(h, m - 1, 1), Op::none, head, Op::transpose, matrix_view(logits_.data(), 1, D::vocab));
+            const auto piece = tokens.subspan(static_cast<std::size_t>(c0), static_cast<std::size_t>(m));
+            const auto head_forward = [&](const auto& head) {  // after forward_chunk, which sizes final_
+                const auto h = const_view(final_.data(), m, D::model);
+                if (all_logits) {
+                    linear_forward<T>(h, head, matrix_view(logits_.data() + c0 * D::vocab, m, D::vocab));
+                } else if (c0 + m == n) {
+                    linear_forward<T>(row_block(h, m - 1, 1), head, matrix_view(logits_.data(), 1, D::vocab));
+                }
+            };
+            if constexpr (std::is_same_v<T, float>) {
+                if (packed_) {
+                    forward_chunk(piece, packed_->embed(), [&](int l) -> const auto& { return packed_->block(l); },
+                                  packed_->final_norm());
+                    head_forward(packed_->head());
+                    continue;
+                }
             }
+            forward_chunk(piece, const_view(weights_.embed, D::vocab, D::model),
+                          [&](int l) -> const auto& { return weights_.blocks[static_cast<std::size_t>(l)]; },
+                          weights_.final_norm);
+            head_forward(const_view(weights_.lm_head, D::vocab, D::model));
         }
         return const_view(logits_.data(), all_logits ? n : 1, D::vocab);
     }
 
 private:
-    // One chunk of m tokens at positions [p0, p0 + m): the blocks of forward.hpp with attention
-    // against the cache. Leaves the final norm's output in final_.
-    void forward_chunk(std::span<const std::int32_t> tokens) {
+    // One chunk of m tokens at positions [p0, p0 + m): forward.hpp's blocks, attending to the cache
+    // plus the chunk. Leaves the final norm's output in final_. `embed` is the embedding table (a
+    // view or a packed matrix), block(l) layer l's weights.
+    template <class Embed, class BlockOf>
+    void forward_chunk(std::span<const std::int32_t> tokens, const Embed& embed, const BlockOf& block,
+                       const T* final_norm) {
         const Index m = static_cast<Index>(tokens.size()), p0 = cache_.length();
-        const T eps = static_cast<T>(C::rms_norm_eps);
-        resize(m);
+        resize_block_activations<C, T>(a_, m, 0);
+        final_.resize(static_cast<std::size_t>(m * D::model));
+        rstd_.resize(static_cast<std::size_t>(m));
         positions_.resize(static_cast<std::size_t>(m));
         for (Index i = 0; i < m; ++i) positions_[static_cast<std::size_t>(i)] = static_cast<std::int32_t>(p0 + i);
         const std::span<const std::int32_t> positions(positions_);
-        const auto nd = [m](T* p) { return matrix_view(p, m, D::model); };
-        const auto cnd = [m](const T* p) { return const_view(p, m, D::model); };
-        embedding_forward<T>(const_view(weights_.embed, D::vocab, D::model), tokens,
-                             static_cast<T>(std::sqrt(double(D::model))), nd(x_.data()));
+        auto x = matrix_view(a_.input.data(), m, D::model);  // the residual stream, block to block in place
+        embedding_forward<T>(embed, tokens,
+                             static_cast<T>(std::sqrt(double(D::model))), x);
         for (int l = 0; l < D::layers; ++l) {
-            const auto& w = weights_.blocks[static_cast<std::size_t>(l)];
             auto& cache = cache_.layer(l);
-            rmsnorm_forward<T>(cnd(x_.data()), w.input_norm, eps, nd(a_.data()), rstd_.data());
-            linear_forward<T>(cnd(a_.data()), const_view(w.q_proj, D::qkv, D::model), matrix_view(qkv_.data(), m, D::qkv));
-            const auto qkv = const_view(qkv_.data(), m, D::qkv);
-            const auto q = column_block(qkv, 0, D::q), k = column_block(qkv, D::q, D::kv);
-            auto q_rot = matrix_view(q_rot_.data(), m, D::q), k_rot = matrix_view(k_rot_.data(), m, D::kv);
-            if constexpr (C::qk_norm) {
-                for (Index h = 0; h < D::heads; ++h) {
-                    rmsnorm_forward<T>(column_block(q, h * D::head, D::head), w.q_norm, eps,
-                                       column_block(q_rot, h * D::head, D::head), rstd_.data());
-                }
-                for (Index h = 0; h < D::kv_heads; ++h) {
-                    rmsnorm_forward<T>(column_block(k, h * D::head, D::head), w.k_norm, eps,
-                                       column_block(k_rot, h * D::head, D::head), rstd_.data());
-                }
-            } else {
-                q_rot = q;
-                k_rot = k;
-            }
-            const auto& table = rope_.for_kind(D::kind(l));
-            rope_forward<T>(matrix_view(q_rot_.data(), m, D::q), D::head, positions, table);
-            rope_forward<T>(matrix_view(k_rot_.data(), m, D::kv), D::head, positions, table);
-            attention_with_cache<T>(as_const(q_rot), as_const(k_rot), column_block(qkv, D::q + D::kv, D::kv), cache, p0,
-                                    attention_shape<C, T>(l, 1, p0 + m), matrix_view(attn_.data(), m, D::q));
-            append_to_cache(cache, p0, m);
-            linear_forward<T>(const_view(attn_.data(), m, D::q), const_view(w.o_proj, D::model, D::q), nd(proj_.data()));
-            rmsnorm_forward<T>(cnd(proj_.data()), w.post_attention_norm, eps, nd(a_.data()), rstd_.data());
-            nd(x_.data()) += cnd(a_.data());
-            rmsnorm_forward<T>(cnd(x_.data()), w.pre_feedforward_norm, eps, nd(a_.data()), rstd_.data());
-            linear_forward<T>(cnd(a_.data()), const_view(w.gate_proj, 2 * D::ffn, D::model),
-                              matrix_view(gate_up_.data(), m, 2 * D::ffn));
-            const auto gate_up = const_view(gate_up_.data(), m, 2 * D::ffn);
-            geglu_forward<T>(column_block(gate_up, 0, D::ffn), column_block(gate_up, D::ffn, D::ffn),
-                             matrix_view(act_.data(), m, D::ffn));
-            linear_forward<T>(const_view(act_.data(), m, D::ffn), const_view(w.down_proj, D::model, D::ffn), nd(proj_.data()));
-            rmsnorm_forward<T>(cnd(proj_.data()), w.post_feedforward_norm, eps, nd(a_.data()), rstd_.data());
-            nd(x_.data()) += cnd(a_.data());
+            const auto shape = attention_shape<C, T>(l, 1, p0 + m);
+            block_forward<C, T>(block(l), rope_.for_kind(D::kind(l)), positions, a_,
+                                a_.input.data(),
+                                [&](ConstMatrixView<T> q, ConstMatrixView<T> k, ConstMatrixView<T> v, MatrixView<T> attn) {
+                                    attention_with_cache<T>(q, k, v, cache, p0, shape, attn);
+                                    append_to_cache(cache, p0, k, v);
+                                });
         }
-        rmsnorm_forward<T>(cnd(x_.data()), weights_.final_norm, eps, nd(final_.data()), rstd_.data());
+        rmsnorm_forward<T>(as_const(x), final_norm, static_cast<T>(C::rms_norm_eps),
+                           matrix_view(final_.data(), m, D::model), rstd_.data());
         cache_.set_length(p0 + m);
     }
 
-    void append_to_cache(LayerKvCache<T>& cache, Index p0, Index m) {
+    static void append_to_cache(LayerKvCache<T>& cache, Index p0, ConstMatrixView<T> k, ConstMatrixView<T> v) {
+        const Index m = k.rows();
         cache.reserve(p0 + m);
         for (Index r = 0; r < m; ++r) {
             const Index pos = p0 + r, slot = cache.slot(pos);
             if (cache.position[static_cast<std::size_t>(slot)] < 0) ++cache.used;
             cache.position[static_cast<std::size_t>(slot)] = static_cast<std::int32_t>(pos);
-            std::copy_n(k_rot_.data() + r * D::kv, D::kv, cache.k.data() + slot * D::kv);
-            std::copy_n(qkv_.data() + r * D::qkv + D::q + D::kv, D::kv, cache.v.data() + slot * D::kv);
+            matrix_view(cache.k.data() + slot * D::kv, 1, D::kv) = k.row(r);
+            matrix_view(cache.v.data() + slot * D::kv, 1, D::kv) = v.row(r);
         }
     }
 
-    void resize(Index m) {
-        const auto n = static_cast<std::size_t>(m);
-        for (auto* b : {&x_, &a_, &proj_, &final_}) b->resize(n * D::model);
-        for (auto* b : {&q_rot_, &attn_}) b->resize(n * D::q);
-        k_rot_.resize(n * D::kv);
-        qkv_.resize(n * D::qkv);
-        gate_up_.resize(n * 2 * D::ffn);
-        act_.resize(n * D::ffn);
-        rstd_.resize(n * D::heads);
-    }
-
     Weights<C, const T> weights_;
+    const PackedWeights<C>* packed_ = nullptr;
     KvCache<C, T> cache_;
     Index chunk_;
     RopeTables<T> rope_;
     std::vector<std::int32_t> positions_;
-    Buffer<T> x_, a_, proj_, final_, qkv_, q_rot_, k_rot_, attn_, gate_up_, act_, rstd_, logits_;
+    BlockActivations<T> a_;  // one block's buffers, reused by every layer
+    Buffer<T> final_, rstd_, logits_;
 };
 
 // ------------------------------------------------------------------------------------------------

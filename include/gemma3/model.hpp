@@ -6,7 +6,9 @@
 //   auto logits = model.forward(tokens, batch, seq);              // [batch*seq, vocab], row-major
 //
 // The config type fixes every shape at compile time (configs.hpp); the back end fixes where and in
-// which precision the model runs. Cpu<float> and Cpu<double> are the Eigen/BLAS reference.
+// which precision the model runs. Cpu<float> and Cpu<double> are the Eigen/BLAS reference;
+// Cpu<bf16> is mixed precision: fp32 weights, activations and gradients, matrix products with bf16
+// inputs and fp32 accumulation (ops/linear.hpp), from a bf16 copy of the weights.
 #pragma once
 
 #include "activations.hpp"
@@ -19,6 +21,7 @@
 #include "weights_io.hpp"
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -27,11 +30,14 @@
 
 namespace gemma3 {
 
-// The CPU reference back end, computing in T (float or double).
+// The CPU back end, computing in T: float or double, or bf16 for mixed precision, whose weights,
+// activations and gradients are float (Scalar) and whose matrix products take bf16 inputs.
 template <class T>
 struct Cpu {
-    static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>, "Cpu<T>: T must be float or double");
-    using Scalar = T;
+    static_assert(std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, bf16>,
+                  "Cpu<T>: T must be float, double or bf16");
+    using Scalar = std::conditional_t<std::is_same_v<T, bf16>, float, T>;  // storage and element-wise math
+    static constexpr bool mixed_bf16 = std::is_same_v<T, bf16>;
 };
 
 template <ModelConfig C, class Backend = Cpu<float>>
@@ -56,11 +62,12 @@ void check_forward_input(std::span<const std::int32_t> tokens, Index batch, Inde
     check_token_ids(tokens, C::vocab_size);
 }
 
-template <ModelConfig C, class T>
-class Model<C, Cpu<T>> {
+template <ModelConfig C, class P>
+class Model<C, Cpu<P>> {
 public:
     using Config = C;
-    using Scalar = T;
+    using Scalar = typename Cpu<P>::Scalar;
+    using T = Scalar;
     using Dims = gemma3::Dims<C>;
     static constexpr std::size_t parameter_count = gemma3::parameter_count<C>;
 
@@ -69,15 +76,24 @@ public:
     // Random weights (see InitScheme); norm weights start at zero.
     void init(InitScheme scheme = InitScheme::seed, double initializer_range = 0.02, std::uint64_t seed = 0) {
         init_parameters(parameters, scheme, initializer_range, seed);
+        weights_updated();
     }
 
     // Weights from a safetensors file with Hugging Face's tensor names (see weights_io.hpp).
-    void load(const std::filesystem::path& safetensors_path) { load_weights(safetensors_path, parameters); }
+    void load(const std::filesystem::path& safetensors_path) {
+        load_weights(safetensors_path, parameters);
+        weights_updated();
+    }
+
+    // Call after changing `parameters` other than through init() or load() (an optimizer step, a
+    // checkpoint): Cpu<bf16> then rounds its bf16 copy afresh before the next pass. A no-op otherwise.
+    void weights_updated() { compute_copy_stale_ = true; }
 
     // Logits [batch*seq, vocab] for `batch` sequences of `seq` tokens each, stored batch-major in
     // `tokens`. The view stays valid until the next call.
     ConstMatrixView<T> forward(std::span<const std::int32_t> tokens, Index batch, Index seq) {
         prepare(tokens, batch, seq, /*keep_lse=*/false);
+        const auto precision = products_scope();
         forward_to_final_norm<C, T>(std::as_const(parameters).weights(), tokens, rope_, acts_);
         logits_.resize(static_cast<std::size_t>(batch * seq * Dims::vocab));
         head_forward<C, T>(std::as_const(parameters).weights(), acts_, matrix_view(logits_.data(), batch * seq, Dims::vocab));
@@ -91,6 +107,7 @@ public:
                             Index seq, Parameters<C, T>& grads, double loss_scale = 1.0) {
         prepare(tokens, batch, seq, /*keep_lse=*/true);
         check_targets(targets);
+        const auto precision = products_scope();
         forward_to_final_norm<C, T>(std::as_const(parameters).weights(), tokens, rope_, acts_);
         const double n = static_cast<double>(batch * seq);
         const double loss_sum = backward<C, T>(std::as_const(parameters).weights(), grads.weights(), targets,
@@ -102,6 +119,7 @@ public:
     double loss(std::span<const std::int32_t> tokens, std::span<const std::int32_t> targets, Index batch, Index seq) {
         prepare(tokens, batch, seq, /*keep_lse=*/false);
         check_targets(targets);
+        const auto precision = products_scope();
         forward_to_final_norm<C, T>(std::as_const(parameters).weights(), tokens, rope_, acts_);
         return loss_only<C, T>(std::as_const(parameters).weights(), targets, acts_, scratch_.logits_chunk) /
                static_cast<double>(batch * seq);
@@ -125,6 +143,28 @@ protected:
         check_token_ids(targets, Dims::vocab);
     }
 
+    // Cpu<bf16>: the scope that makes this thread's products bf16, after rounding the weight copy
+    // when the weights changed. Nothing for float and double.
+    std::optional<Bf16Products> products_scope() {
+        if constexpr (Cpu<P>::mixed_bf16) {
+            if (compute_copy_stale_ || compute_copy_.size() != parameters.size()) {
+                compute_copy_.resize(parameters.size());
+                const float* master = parameters.data();
+                const auto count = static_cast<std::ptrdiff_t>(parameters.size());
+#pragma omp parallel for schedule(static)
+                for (std::ptrdiff_t i = 0; i < count; ++i) compute_copy_[static_cast<std::size_t>(i)] = bf16(master[i]);
+                compute_copy_stale_ = false;
+            }
+            copy_view_ = {parameters.data(), compute_copy_.data(), compute_copy_.size()};
+            return std::optional<Bf16Products>(std::in_place, copy_view_);
+        } else {
+            return std::nullopt;
+        }
+    }
+
+    Buffer<bf16> compute_copy_;  // Cpu<bf16>: the weights rounded to bf16, same layout as `parameters`
+    Bf16WeightCopy copy_view_;
+    bool compute_copy_stale_ = true;
     Activations<C, T> acts_;
     BackwardScratch<C, T> scratch_;
     RopeTables<T> rope_;

@@ -60,6 +60,7 @@
 
 #include "data.hpp"
 #include "file_io.hpp"
+#include "json_read.hpp"
 #include "tokenizer.hpp"
 
 #include <nlohmann/json.hpp>
@@ -276,7 +277,13 @@ inline bool stamp_of(const std::filesystem::path& path, FileStamp& stamp, int& e
     return true;
 }
 
-inline std::string quoted(const std::filesystem::path& path) { return "'" + path.string() + "'"; }
+// Appended piece by piece: GCC 12 reports a false -Wrestrict for "'" + string once inlined (PR 105329).
+inline std::string quoted(const std::filesystem::path& path) {
+    std::string text(1, '\'');
+    text += path.string();
+    text += '\'';
+    return text;
+}
 
 inline bool hidden(const std::filesystem::path& path) {
     const std::string name = path.filename().string();
@@ -559,9 +566,16 @@ inline PrepareResult prepare_corpus(const PrepareOptions& options) {
     // outputs still have the size and time it recorded. A manifest that cannot be read or has an
     // unexpected shape counts as missing.
     auto stored_result = [&]() -> std::optional<PrepareResult> {
+        // json_read: a size cap and depth limit (comparing a deeply nested value recurses), and
+        // the counts below are range-checked (get<std::uint64_t>() of 1e300 is undefined).
+        const auto count = [](const nlohmann::json& value) {
+            std::string why;
+            const auto n = json_read::to_integer<std::uint64_t>(value, 0, std::numeric_limits<std::uint64_t>::max(), why);
+            if (!n) throw PrepareError(why);
+            return *n;
+        };
         try {
-            std::ifstream in(result.manifest_path, std::ios::binary);
-            const nlohmann::json stored = nlohmann::json::parse(in);
+            const nlohmann::json stored = json_read::read_file<PrepareError>(result.manifest_path, "prepare manifest");
             for (const char* key : {"format", "documents", "empty_files_skipped", "options", "tokenizer"}) {
                 if (stored.at(key) != wanted[key]) return std::nullopt;
             }
@@ -569,8 +583,9 @@ inline PrepareResult prepare_corpus(const PrepareOptions& options) {
                 const nlohmann::json& recorded = stored.at("outputs").at(path.filename().string());
                 FileStamp stamp;
                 int ignored = 0;
-                if (!stamp_of(path, stamp, ignored) || recorded.at("bytes").get<std::uint64_t>() != stamp.bytes ||
-                    recorded.at("mtime_ns").get<std::int64_t>() != stamp.mtime_ns) {
+                std::string why;
+                const auto mtime = json_read::to_integer<std::int64_t>(recorded.at("mtime_ns"), INT64_MIN, INT64_MAX, why);
+                if (!stamp_of(path, stamp, ignored) || count(recorded.at("bytes")) != stamp.bytes || mtime != stamp.mtime_ns) {
                     return std::nullopt;
                 }
             }
@@ -578,14 +593,16 @@ inline PrepareResult prepare_corpus(const PrepareOptions& options) {
             PrepareResult done = result;
             done.up_to_date = true;
             done.documents = documents.size();
-            done.input_bytes = summary.at("input_bytes").get<std::uint64_t>();
-            done.train_tokens = summary.at("train_tokens").get<std::uint64_t>();
-            done.validation_tokens = summary.at("validation_tokens").get<std::uint64_t>();
-            done.eot_tokens = summary.at("eot_tokens").get<std::uint64_t>();
-            done.replaced_invalid_sequences = summary.at("replaced_invalid_sequences").get<std::uint64_t>();
-            done.literal_eot_texts = summary.at("literal_eot_texts").get<std::uint64_t>();
+            done.input_bytes = count(summary.at("input_bytes"));
+            done.train_tokens = count(summary.at("train_tokens"));
+            done.validation_tokens = count(summary.at("validation_tokens"));
+            done.eot_tokens = count(summary.at("eot_tokens"));
+            done.replaced_invalid_sequences = count(summary.at("replaced_invalid_sequences"));
+            done.literal_eot_texts = count(summary.at("literal_eot_texts"));
             return done;
         } catch (const nlohmann::json::exception&) {
+            return std::nullopt;
+        } catch (const PrepareError&) {
             return std::nullopt;
         }
     };

@@ -14,6 +14,7 @@
 
 #include <gemma3/detail/text.hpp>
 #include <gemma3/file_io.hpp>
+#include <gemma3/json_read.hpp>
 
 #include <nlohmann/json.hpp>
 
@@ -319,7 +320,10 @@ inline std::optional<std::uint64_t> non_negative_integer(const nlohmann::json& v
 // every object end, which is quadratic in the number of tensors.
 class HeaderStructureCheck : public nlohmann::json::json_sax_t {
 public:
-    static constexpr std::size_t max_depth = 64;
+    // The depth limit of every JSON document the library reads (json_read.hpp). The size limit
+    // stays the format's own (max_safetensors_header_bytes): headers of large models exceed
+    // json_read's default, and this SAX pass costs nothing to build.
+    static constexpr auto max_depth = static_cast<std::size_t>(json_read::Limits{}.max_depth);
     std::string problem;  // set when a method returns false
 
     bool null() override { return true; }

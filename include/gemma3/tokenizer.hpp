@@ -46,6 +46,8 @@
 #endif
 #include <pcre2.h>
 
+#include "json_read.hpp"
+
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -427,13 +429,9 @@ public:
             line_of_rank.push_back(line_number);
         }
 
-        const std::string vocab_text = read_whole_file(vocab_json, "vocab file");
-        nlohmann::json vocab;
-        try {
-            vocab = nlohmann::json::parse(vocab_text);
-        } catch (const nlohmann::json::parse_error& e) {
-            throw TokenizerError(vocab_json.string() + ": invalid JSON: " + e.what());
-        }
+        // json_read: a size cap and depth limit, and numbers such as 1e999 (nlohmann's out_of_range,
+        // not a parse error) become a TokenizerError naming the file.
+        const nlohmann::json vocab = json_read::read_file<TokenizerError>(vocab_json, "vocabulary");
         if (!vocab.is_object()) throw TokenizerError(vocab_json.string() + ": expected a JSON object of token -> id");
 
         // The ranks derived from merges.txt, checked against vocab.json entry by entry.
@@ -444,13 +442,15 @@ public:
         std::size_t mergeable_entries = 0;
         bool has_eot = false;
         for (const auto& [key, value] : vocab.items()) {
-            if (!value.is_number_integer()) {
-                throw TokenizerError(vocab_json.string() + ": id of '" + printable_bytes(key) + "' is not an integer");
+            std::string why;
+            const auto id = json_read::to_integer<std::int64_t>(value, 0, std::numeric_limits<std::int32_t>::max(), why);
+            if (!id) {
+                throw TokenizerError(vocab_json.string() + ": id of '" + printable_bytes(key) + "': value " +
+                                     json_read::excerpt(value) + " " + why + "; expected a token id >= 0");
             }
-            const auto id = value.get<std::int64_t>();
             if (key == eot_text) {
-                if (id != static_cast<std::int64_t>(tokens.size())) {
-                    throw TokenizerError(vocab_json.string() + ": '<|endoftext|>' has id " + std::to_string(id) +
+                if (*id != static_cast<std::int64_t>(tokens.size())) {
+                    throw TokenizerError(vocab_json.string() + ": '<|endoftext|>' has id " + std::to_string(*id) +
                                          ", expected " + std::to_string(tokens.size()) + " (after all merges)");
                 }
                 has_eot = true;
@@ -458,9 +458,9 @@ public:
             }
             const std::string bytes = to_bytes(key, vocab_json.string());
             const std::int32_t rank = tokenizer.lookup(bytes.data(), bytes.size());
-            if (rank != id) {
+            if (rank != *id) {
                 throw TokenizerError(vocab_json.string() + ": token '" + printable_bytes(key) + "' has id " +
-                                     std::to_string(id) + " but " + merges_txt.string() + " gives it " +
+                                     std::to_string(*id) + " but " + merges_txt.string() + " gives it " +
                                      (rank == no_rank ? std::string("no rank") : "rank " + std::to_string(rank)));
             }
             ++mergeable_entries;

@@ -42,6 +42,7 @@
 #include "data.hpp"
 #include "distributed.hpp"
 #include "footprint.hpp"
+#include "json_read.hpp"
 #include "loss_plot.hpp"
 #include "model.hpp"
 #include "optimizer.hpp"
@@ -53,15 +54,19 @@
 #include <chrono>
 #include <cmath>
 #include <csignal>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <iostream>
+#include <limits>
 #include <memory>
+#include <optional>
 #include <span>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace gemma3 {
@@ -170,12 +175,68 @@ inline std::string exact(double v) {
 // engine trains in T on the host. The CUDA engine (cuda/trainer_engine.cuh) trains on the device
 // and treats these host buffers as mirrors: it copies its state into them for checkpoints and error
 // reports (sync_to_host) and takes them back after the loop set them (host_state_changed).
-template <ModelConfig C, class T>
+// One line of <out>/metrics.jsonl as the trainer reads it back on resume.
+struct MetricsRecord {
+    bool eval = false;       // "type": "eval" (train_loss, val_loss) or "train" (loss)
+    std::int64_t iter = -1;
+    double loss = NAN, train_loss = NAN, val_loss = NAN;  // null (a non-finite loss) reads as NaN
+};
+
+// The record on `line`, or nullopt for a line the trainer did not write: cut short by a kill,
+// edited, or not a record at all. Never throws for any line.
+inline std::optional<MetricsRecord> parse_metrics_line(std::string_view line) {
+    nlohmann::json r;
+    try {
+        r = json_read::parse<TrainingError>(line, "metrics.jsonl");
+    } catch (const TrainingError&) {
+        return std::nullopt;
+    }
+    if (!r.is_object()) return std::nullopt;
+    const auto iter = r.find("iter");
+    const auto type = r.find("type");
+    if (iter == r.end() || type == r.end() || !type->is_string()) return std::nullopt;
+    std::string why;
+    const auto e = json_read::to_integer<std::int64_t>(*iter, 0, std::numeric_limits<std::int64_t>::max(), why);
+    if (!e) return std::nullopt;  // a string, a fraction, negative or out of range
+    MetricsRecord record;
+    record.iter = *e;
+    const auto loss = [&](const char* key) {
+        const auto found = r.find(key);
+        return found != r.end() && found->is_number() ? found->get<double>() : NAN;
+    };
+    const auto& kind = type->get_ref<const std::string&>();
+    if (kind == "eval") {
+        record.eval = true;
+        record.train_loss = loss("train_loss");
+        record.val_loss = loss("val_loss");
+    } else if (kind == "train") {
+        record.loss = loss("loss");
+    } else {
+        return std::nullopt;
+    }
+    return record;
+}
+
+// P is the CPU precision (Cpu<P>): float, double, or bf16 for mixed precision, whose weights, AdamW
+// moments and gradients are float (the loop's T) and whose products read a bf16 copy of the weights,
+// rounded again after every change to them (an optimizer step, a checkpoint, a broadcast).
+template <ModelConfig C, class P>
 class CpuEngine {
 public:
-    static constexpr bool supports_zero1 = true;
+    using T = typename Cpu<P>::Scalar;
+    // ZeRO-1 updates weight shards in the loop, out of the engine's sight: full precisions only.
+    static constexpr bool supports_zero1 = !Cpu<P>::mixed_bf16;
+    // The training config's dtype this engine computes in.
+    static constexpr std::string_view compute_dtype =
+        Cpu<P>::mixed_bf16 ? "bfloat16" : (std::is_same_v<T, double> ? "float64" : "float32");
 
-    std::string description() const { return std::string("CPU ") + (std::is_same_v<T, double> ? "float64" : "float32"); }
+    std::string description() const {
+        if constexpr (Cpu<P>::mixed_bf16) {
+            return "CPU bfloat16 mixed precision (bf16 products, fp32 master weights; " + gemm_engine_name() + ")";
+        } else {
+            return std::string("CPU ") + (std::is_same_v<T, double> ? "float64" : "float32");
+        }
+    }
     Parameters<C, T>& parameters() { return model_->parameters; }  // the weights (host)
     Parameters<C, T>& gradients() { return *grads_; }              // the accumulated gradients (host)
 
@@ -183,7 +244,7 @@ public:
         model_->init(scheme, initializer_range, seed);
     }
     // The loop set the host weights, moments and gradients (fresh start, resume, rank 0's broadcast).
-    void host_state_changed(const AdamW<T>&) {}
+    void host_state_changed(const AdamW<T>&) { model_->weights_updated(); }
     // Brings the host weights (and the moments, and the gradients) up to date.
     void sync_to_host(AdamW<T>*, bool) {}
 
@@ -202,6 +263,7 @@ public:
         const double norm = global_norm(grads_->data(), grads_->size());
         if (std::isfinite(norm)) {
             adamw.step(model_->parameters.data(), grads_->data(), lr, clip_coefficient(norm, max_norm), /*zero_grads=*/true);
+            model_->weights_updated();
         }
         return norm;
     }
@@ -209,7 +271,7 @@ public:
     std::string progress(double /*tokens_per_second*/, Index /*seq*/) const { return {}; }
 
 private:
-    std::unique_ptr<Model<C, Cpu<T>>> model_ = std::make_unique<Model<C, Cpu<T>>>();
+    std::unique_ptr<Model<C, Cpu<P>>> model_ = std::make_unique<Model<C, Cpu<P>>>();
     std::unique_ptr<Parameters<C, T>> grads_ = std::make_unique<Parameters<C, T>>();
 };
 
@@ -227,7 +289,7 @@ public:
         require_matches<C>(model_config_);
         check_compatible(model_config_, config_);
         if (plan_.zero1 && !Engine::supports_zero1) {
-            throw TrainingError("--zero1 is implemented for the CPU back end only; run without it");
+            throw TrainingError("--zero1 is implemented for the CPU back end in float32 and float64 only; run without it");
         }
     }
     Trainer(const Trainer&) = delete;  // holds a pointer to its own single-process communicator
@@ -682,21 +744,15 @@ private:
         std::ifstream in(metrics_path());
         std::string kept, line;
         while (std::getline(in, line)) {
-            nlohmann::json r;
-            try {
-                r = nlohmann::json::parse(line);
-            } catch (const nlohmann::json::exception&) {
-                continue;  // a line cut short by a kill
-            }
-            const auto e = r.value("iter", std::int64_t{-1});
-            const bool eval = r.value("type", "") == "eval";
-            if (eval ? e > iteration : e >= iteration) continue;
+            const auto r = parse_metrics_line(line);
+            if (!r) continue;  // a line cut short by a kill, or not the trainer's
+            if (r->eval ? r->iter > iteration : r->iter >= iteration) continue;
             kept += line + "\n";
-            if (eval) {
-                curves_.eval_train.push_back({e, r.value("train_loss", NAN)});
-                curves_.eval_val.push_back({e, r.value("val_loss", NAN)});
+            if (r->eval) {
+                curves_.eval_train.push_back({r->iter, r->train_loss});
+                curves_.eval_val.push_back({r->iter, r->val_loss});
             } else {
-                curves_.train.push_back({e, r.value("loss", NAN)});
+                curves_.train.push_back({r->iter, r->loss});
             }
         }
         write_file_atomically(metrics_path(), [&](std::ostream& out) { out << kept; });
@@ -753,9 +809,11 @@ private:
         for (const auto& w : config_.warnings) log << "warning: " << w << "\n";
         for (const auto& w : compatibility_warnings(model_config_, config_)) log << "warning: " << w << "\n";
         if (options_.parallel.zero1 && plan_.ranks == 1) log << "note: ZeRO-1 needs several ranks; one process keeps the whole optimizer\n";
-        if (config_.dtype != "float32" && config_.dtype != "float64" && config_.device == "cpu") {
-            log << "note: dtype \"" << config_.dtype << "\" applies to the CUDA back end; the CPU back end trains in "
-                << (std::is_same_v<T, double> ? "float64" : "float32") << "\n";
+        if constexpr (requires { Engine::compute_dtype; }) {
+            if (config_.device == "cpu" && config_.dtype != Engine::compute_dtype) {
+                log << "note: dtype \"" << config_.dtype << "\" has no CPU engine here; this run computes in "
+                    << Engine::compute_dtype << " (gemma3-train picks float32, float64 or bfloat16 from the dtype)\n";
+            }
         }
     }
 

@@ -4,7 +4,9 @@
 #include "parameters.hpp"
 #include "safetensors.hpp"
 
+#include <algorithm>
 #include <filesystem>
+#include <span>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -17,13 +19,12 @@ public:
     using std::runtime_error::runtime_error;
 };
 
-// Fills `params` from a safetensors file written by transformers' save_pretrained (or by us).
-// Every tensor of the layout must be present with its exact shape; stored dtypes F64/F32/F16/BF16 are
-// converted to T. Missing, unexpected or misshapen tensors are all listed in one WeightsError, and
-// `params` is left unchanged.
-template <ModelConfig C, class T>
-void load_weights(const std::filesystem::path& path, Parameters<C, T>& params) {
-    const SafetensorsFile file(path);
+namespace detail {
+
+// Checks that `file` holds exactly the tensors of C with their shapes and floating dtypes; one
+// WeightsError lists every problem.
+template <ModelConfig C>
+void check_weights_fit(const SafetensorsFile& file, const std::filesystem::path& path) {
     const auto tensors = parameter_tensors<C>();
     std::vector<std::string> problems;
     std::set<std::string> expected;
@@ -60,7 +61,8 @@ void load_weights(const std::filesystem::path& path, Parameters<C, T>& params) {
                                " ties the output head to the embedding (tie_word_embeddings = true), the file has a "
                                "separate head");
         } else {
-            problems.push_back("unexpected tensor '" + info.name + "' (not part of " + std::string(config_name<C>()) + ")");
+            problems.push_back("unexpected tensor " + detail::quote(info.name) + " (not part of " +
+                               std::string(config_name<C>()) + ")");
         }
     }
     if (!problems.empty()) {
@@ -70,8 +72,31 @@ void load_weights(const std::filesystem::path& path, Parameters<C, T>& params) {
         if (problems.size() > shown) message += "\n  ... and " + std::to_string(problems.size() - shown) + " more";
         throw WeightsError(message);
     }
-    // Only read once everything checked out, so a bad file leaves `params` untouched.
-    for (const auto& t : tensors) file.read<T>(t.name, t.shape, std::span<T>(params.data() + t.offset, t.numel()));
+}
+
+// Reads every tensor of C from `path` into `out` (ParameterLayout<C>::total values). On an error
+// `out` may be partly written: callers that promise all-or-nothing read into a scratch buffer.
+template <ModelConfig C, class T>
+void read_weights(const std::filesystem::path& path, std::span<T> out) {
+    const SafetensorsFile file(path);
+    check_weights_fit<C>(file, path);
+    // Conversions can still fail after the checks above (an F64 value beyond float's range).
+    for (const auto& t : parameter_tensors<C>()) file.read<T>(t.name, t.shape, out.subspan(t.offset, t.numel()));
+}
+
+}  // namespace detail
+
+// Fills `params` from a safetensors file written by transformers' save_pretrained (or by us).
+// Every tensor of the layout must be present with its exact shape; stored dtypes F64/F32/F16/BF16 are
+// converted to T. Missing, unexpected or misshapen tensors are all listed in one WeightsError; a value
+// that does not convert (an F64 beyond float's range) is a SafetensorsError naming the tensor and
+// element. Either way `params` is left unchanged: the values go into a scratch copy first, which
+// costs one model's worth of memory while loading.
+template <ModelConfig C, class T>
+void load_weights(const std::filesystem::path& path, Parameters<C, T>& params) {
+    std::vector<T> scratch(params.size());
+    detail::read_weights<C>(path, std::span<T>(scratch));
+    std::copy(scratch.begin(), scratch.end(), params.data());
 }
 
 }  // namespace gemma3

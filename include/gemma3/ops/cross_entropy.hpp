@@ -2,12 +2,14 @@
 //
 // Spec §3.6 and §9.1-9.2. For each chunk of rows: logits = h W^T, loss_i = logsumexp(logits_i) -
 // logits_i[y_i], d_logits = (softmax(logits) - onehot(y)) * grad_scale, then dh = d_logits W and
-// dW += d_logits^T h. Only a chunk of logits exists at a time: at the seed's batch (32 x 128 tokens,
+// dW += d_logits^T h (products in the layer precision, ops/linear.hpp). Only a chunk of logits exists at a time: at the seed's batch (32 x 128 tokens,
 // vocab 50257) the full matrix would take 823 MB in fp32.
 #pragma once
 
 #include "../blas.hpp"
 #include "../tensor.hpp"
+#include "embedding.hpp"
+#include "linear.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -35,12 +37,7 @@ ClassifierResult classifier_forward_backward(ConstMatrixView<T> h, ConstMatrixVi
         throw std::invalid_argument("classifier: " + std::to_string(targets.size()) + " targets for " +
                                     std::to_string(n) + " rows");
     }
-    for (std::size_t i = 0; i < targets.size(); ++i) {
-        if (targets[i] < 0 || targets[i] >= vocab) {
-            throw std::out_of_range("target id " + std::to_string(targets[i]) + " at position " + std::to_string(i) +
-                                    " is outside the vocabulary [0, " + std::to_string(vocab) + ")");
-        }
-    }
+    check_token_ids(targets, vocab, "target id");
     chunk_rows = std::min(chunk_rows, n);
     logits_chunk.resize(static_cast<std::size_t>(chunk_rows * vocab));
     std::vector<double> row_loss(static_cast<std::size_t>(chunk_rows));
@@ -49,7 +46,7 @@ ClassifierResult classifier_forward_backward(ConstMatrixView<T> h, ConstMatrixVi
         const Index rows = std::min(chunk_rows, n - r0);
         auto logits = matrix_view(logits_chunk.data(), rows, vocab);
         const auto h_rows = row_block(h, r0, rows);
-        gemm(h_rows, Op::none, head, Op::transpose, logits);
+        linear_product(h_rows, Op::none, head, Op::transpose, logits);
 #pragma omp parallel for schedule(static)
         for (Index r = 0; r < rows; ++r) {
             auto row = logits.row(r).array();
@@ -71,8 +68,8 @@ ClassifierResult classifier_forward_backward(ConstMatrixView<T> h, ConstMatrixVi
         }
         for (Index r = 0; r < rows; ++r) result.loss_sum += row_loss[static_cast<std::size_t>(r)];  // fixed order
         if (dh) {
-            gemm(logits, Op::none, head, Op::none, row_block(matrix_view(dh, n, d), r0, rows));
-            gemm(logits, Op::transpose, h_rows, Op::none, matrix_view(d_head, vocab, d), T(1), T(1));
+            linear_product(logits, Op::none, head, Op::none, row_block(matrix_view(dh, n, d), r0, rows));
+            linear_product(logits, Op::transpose, h_rows, Op::none, matrix_view(d_head, vocab, d), T(1), T(1));
         }
     }
     return result;

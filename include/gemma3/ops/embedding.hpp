@@ -13,11 +13,12 @@
 
 namespace gemma3 {
 
-// Throws std::out_of_range naming the first position whose id is not in [0, vocab_size).
-inline void check_token_ids(std::span<const std::int32_t> tokens, Index vocab_size) {
+// Throws std::out_of_range naming the first position whose id is not in [0, vocab_size). The one
+// id check of the library: embedding inputs ("token id") and loss targets ("target id") alike.
+inline void check_token_ids(std::span<const std::int32_t> tokens, Index vocab_size, const char* what = "token id") {
     for (std::size_t i = 0; i < tokens.size(); ++i) {
         if (tokens[i] < 0 || tokens[i] >= vocab_size) {
-            throw std::out_of_range("token id " + std::to_string(tokens[i]) + " at position " + std::to_string(i) +
+            throw std::out_of_range(std::string(what) + " " + std::to_string(tokens[i]) + " at position " + std::to_string(i) +
                                     " is outside the vocabulary [0, " + std::to_string(vocab_size) + ")");
         }
     }

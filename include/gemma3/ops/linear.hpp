@@ -1,25 +1,121 @@
 // Bias-free linear layer with PyTorch's weight layout [out, in]: y = x W^T.
 //
 // Spec §1: every projection of Gemma 3 is one of these. Backward: dx = dy W, dW += dy^T x.
+//
+// Precision. In float and double the products are plain gemm() calls. Mixed precision
+// (Model<C, Cpu<bf16>>) lives here, at the products, so the passes in forward.hpp and backward.hpp stay
+// one code for every precision: while a Bf16Products scope is active on the calling thread, every
+// linear_product() in float takes its two operands rounded to bfloat16 (round to nearest even) —
+// weights from the model's bf16 copy, refreshed once per optimizer step, activations and gradients
+// rounded on the way in — and accumulates and writes fp32. These are the CUDA engine's rounding points
+// (cuda/model.cuh: bf16 weights and bf16 activations wherever they feed a matrix product, fp32
+// accumulation and fp32 product outputs); the norms, softmax, attention, RoPE, loss and the residual
+// stream stay fp32, and weight gradients accumulate in fp32.
 #pragma once
 
 #include "../blas.hpp"
 #include "../tensor.hpp"
 
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <type_traits>
+
 namespace gemma3 {
+
+// A bfloat16 copy of a model's fp32 weights, element for element in the same layout.
+struct Bf16WeightCopy {
+    const float* master = nullptr;
+    const bf16* copy = nullptr;
+    std::size_t size = 0;
+};
+
+namespace detail {
+inline thread_local const Bf16WeightCopy* active_bf16_products = nullptr;
+}
+
+// While alive, linear_product() in float on this thread multiplies in bf16 (see above), reading
+// operands that lie inside `weights.master` from `weights.copy`; in double it rounds the operands to
+// bf16 values and multiplies exactly (a reference for tests). Scopes nest; the previous is restored.
+class Bf16Products {
+public:
+    explicit Bf16Products(const Bf16WeightCopy& weights) : previous_(detail::active_bf16_products) {
+        detail::active_bf16_products = &weights;
+    }
+    ~Bf16Products() { detail::active_bf16_products = previous_; }
+    Bf16Products(const Bf16Products&) = delete;
+    Bf16Products& operator=(const Bf16Products&) = delete;
+
+    static bool active() { return detail::active_bf16_products != nullptr; }
+
+private:
+    const Bf16WeightCopy* previous_;
+};
+
+// `m` rounded to bfloat16 into `scratch` (resized), as a contiguous view.
+inline ConstMatrixView<bf16> round_to_bf16(ConstMatrixView<float> m, Buffer<bf16>& scratch) {
+    const Index rows = m.rows(), cols = m.cols();
+    scratch.resize(static_cast<std::size_t>(rows * cols));
+    auto out = matrix_view(scratch.data(), rows, cols);
+#pragma omp parallel for schedule(static) if (rows * cols >= (1 << 16))
+    for (Index r = 0; r < rows; ++r) out.row(r) = m.row(r).cast<bf16>();
+    return const_view(scratch.data(), rows, cols);
+}
+
+namespace detail {
+// The bf16 twin of an operand: its place in the weight copy when it lies inside the master weights,
+// else its rounding into `scratch`.
+template <class V>
+ConstMatrixView<bf16> bf16_operand(const V& m, const Bf16WeightCopy& weights, Buffer<bf16>& scratch) {
+    const auto view = ConstMatrixView<float>(m.data(), m.rows(), m.cols(), Eigen::OuterStride<>(m.outerStride()));
+    const auto address = [](const float* p) { return reinterpret_cast<std::uintptr_t>(p); };
+    const auto first = address(view.data());
+    const auto last = address(view.data() + (view.rows() - 1) * view.outerStride() + view.cols());
+    if (view.size() > 0 && first >= address(weights.master) && last <= address(weights.master + weights.size)) {
+        const auto offset = static_cast<std::size_t>(view.data() - weights.master);
+        return ConstMatrixView<bf16>(weights.copy + offset, view.rows(), view.cols(),
+                                     Eigen::OuterStride<>(view.outerStride()));
+    }
+    return round_to_bf16(view, scratch);
+}
+}  // namespace detail
+
+// gemm() of a layer's product, in the precision of the active scope (see the top of this file).
+template <class A, class B, class C>
+void linear_product(const A& a, Op op_a, const B& b, Op op_b, C&& c, typename std::remove_cvref_t<C>::Scalar alpha = 1,
+                    typename std::remove_cvref_t<C>::Scalar beta = 0) {
+    using T = typename std::remove_cvref_t<C>::Scalar;
+    if (const auto* weights = detail::active_bf16_products; weights && a.size() > 0 && b.size() > 0) {
+        if constexpr (std::is_same_v<T, float>) {
+            thread_local Buffer<bf16> a_scratch, b_scratch;
+            gemm(detail::bf16_operand(a, *weights, a_scratch), op_a, detail::bf16_operand(b, *weights, b_scratch), op_b,
+                 std::forward<C>(c), alpha, beta);
+            return;
+        } else {
+            // Double under a bf16 scope: the same roundings of the operands, exact products otherwise.
+            // The tests' reference for the mixed-precision arithmetic (tests/test_bf16.cpp).
+            const auto rounded = [](const auto& m) {
+                return RowMatrix<double>(m.unaryExpr([](double v) { return double(float(bf16(float(v)))); }));
+            };
+            gemm(rounded(a), op_a, rounded(b), op_b, std::forward<C>(c), alpha, beta);
+            return;
+        }
+    }
+    gemm(a, op_a, b, op_b, std::forward<C>(c), alpha, beta);
+}
 
 // y [tokens, out] = x [tokens, in] * W^T, W [out, in].
 template <class T>
 void linear_forward(ConstMatrixView<T> x, ConstMatrixView<T> weight, MatrixView<T> y) {
-    gemm(x, Op::none, weight, Op::transpose, y);
+    linear_product(x, Op::none, weight, Op::transpose, y);
 }
 
 // dx [tokens, in] = dy W (overwritten, or added to when accumulate_dx); dW [out, in] += dy^T x.
 template <class T>
 void linear_backward(ConstMatrixView<T> x, ConstMatrixView<T> weight, ConstMatrixView<T> dy, MatrixView<T> dx,
                      MatrixView<T> d_weight, bool accumulate_dx = false) {
-    gemm(dy, Op::none, weight, Op::none, dx, T(1), accumulate_dx ? T(1) : T(0));
-    gemm(dy, Op::transpose, x, Op::none, d_weight, T(1), T(1));
+    linear_product(dy, Op::none, weight, Op::none, dx, T(1), accumulate_dx ? T(1) : T(0));
+    linear_product(dy, Op::transpose, x, Op::none, d_weight, T(1), T(1));
 }
 
 }  // namespace gemma3
