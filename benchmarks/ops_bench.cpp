@@ -176,6 +176,43 @@ void attention(benchmark::State& state) {
 }
 BENCHMARK(attention)->ArgNames({"backward"})->Arg(0)->Arg(1)->Unit(benchmark::kMillisecond);
 
+// The tiled attention the model trains with, one sequence of `seq` tokens (the seed's 4 query heads
+// on 1 kv head, head_dim 256), for each layer kind: a sliding layer (window 512) should grow as
+// seq * window, a full one as seq^2. backward: the forward (which keeps the log-sum-exps) once,
+// then the timed backward.
+//   build/bin/gemma3-ops-bench --benchmark_filter=flash_attention
+void flash_attention(benchmark::State& state) {
+    const Index length = state.range(0), window = state.range(1) != 0 ? D::window : 0;
+    const bool backward = state.range(2) != 0;
+    auto q = random_buffer(static_cast<std::size_t>(length * D::q), 1.0f, 1),
+         k = random_buffer(static_cast<std::size_t>(length * D::kv), 1.0f, 2),
+         v = random_buffer(static_cast<std::size_t>(length * D::kv), 1.0f, 3), out = q, d_out = q, dq = q, dk = k, dv = v;
+    Buffer<float> lse(static_cast<std::size_t>(D::heads * length));
+    const AttentionShape shape{1, length, D::heads, D::kv_heads, D::head, window, 1.0 / 16};
+    const auto cq = const_view(q.data(), length, D::q), ck = const_view(k.data(), length, D::kv),
+               cv = const_view(v.data(), length, D::kv);
+    flash_attention_forward<float>(cq, ck, cv, shape, matrix_view(out.data(), length, D::q), lse.data());
+    for (auto _ : state) {
+        if (backward) {
+            flash_attention_backward<float>(cq, ck, cv, const_view(out.data(), length, D::q), lse.data(),
+                                            const_view(d_out.data(), length, D::q), shape,
+                                            matrix_view(dq.data(), length, D::q), matrix_view(dk.data(), length, D::kv),
+                                            matrix_view(dv.data(), length, D::kv));
+        } else {
+            flash_attention_forward<float>(cq, ck, cv, shape, matrix_view(out.data(), length, D::q), lse.data());
+        }
+    }
+    double keys = 0;  // visible (query, key) pairs
+    for (Index i = 0; i < length; ++i) keys += static_cast<double>(i - shape.first_key(i) + 1);
+    // QK^T and PV: 2 products of 2 * head_dim FLOPs per visible pair and head (backward: 5 products).
+    set_flops(state, (backward ? 5.0 : 2.0) * 2.0 * D::heads * D::head * keys);
+}
+BENCHMARK(flash_attention)
+    ->ArgNames({"seq", "sliding", "backward"})
+    ->ArgsProduct({{512, 2048, 8192}, {1, 0}, {0, 1}})
+    ->UseRealTime()  // OpenMP threads do the work: rates per wall-clock second
+    ->Unit(benchmark::kMillisecond);
+
 void classifier(benchmark::State& state) {
     auto h = random_buffer(static_cast<std::size_t>(n * D::model)), w = random_buffer(static_cast<std::size_t>(D::vocab * D::model), 0.02f),
          dh = h, dw = w;

@@ -121,6 +121,11 @@ int main(int argc, char** argv) {
     row("AdamW moments (always fp32)", bytes(8 * n), bytes(8 * n));
     row("fp32 master weights (bf16 training)", "-", bytes(4 * n));
     row("activations, batch " + std::to_string(batch) + " x " + std::to_string(block), bytes(4 * acts), bytes(2 * acts));
+    const double exact_probs = static_cast<double>(gemma3::exact_attention_probability_elements(c, batch, block));
+    std::printf("  (the CPU's attention is tiled: it keeps %s log-sum-exps per layer, not the %s of T x T\n"
+                "   probabilities the exact scheme, and for now the CUDA back end, would hold; every term above\n"
+                "   grows linearly with the block size)\n",
+                grouped(batch * c.n_heads * block).c_str(), bytes(4 * exact_probs).c_str());
     row("KV cache, 1 sequence of " + std::to_string(context) + " tokens", bytes(4 * kv), bytes(2 * kv));
     std::printf("  (sliding layers keep %lld positions, full layers %lld)\n",
                 static_cast<long long>(std::min<std::int64_t>(c.sliding_window, context)), static_cast<long long>(context));

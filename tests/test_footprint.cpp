@@ -57,7 +57,7 @@ TEST_CASE("the activation estimate equals the buffers of a training step") {
     std::int64_t total = elements(a.final_in) + elements(a.final_rstd) + elements(a.final_out);
     for (const auto& b : a.blocks) {
         for (const auto* buffer : {&b.input, &b.input_rstd, &b.attn_in, &b.qkv, &b.q_rstd, &b.k_rstd, &b.q_rot, &b.k_rot,
-                                   &b.probs, &b.attn, &b.attn_proj, &b.attn_proj_rstd, &b.mid, &b.mid_rstd, &b.mlp_in,
+                                   &b.lse, &b.attn, &b.attn_proj, &b.attn_proj_rstd, &b.mid, &b.mid_rstd, &b.mlp_in,
                                    &b.gate_up, &b.act, &b.mlp_out, &b.mlp_out_rstd})
             total += elements(*buffer);
     }
@@ -67,6 +67,61 @@ TEST_CASE("the activation estimate equals the buffers of a training step") {
                                &scratch.d_attn_proj, &scratch.d_attn_in, &scratch.d_act, &scratch.d_gate_up,
                                &scratch.d_attn, &scratch.d_q, &scratch.d_k, &scratch.d_qkv})
         total += elements(*buffer);
+    total += batch * seq * C::n_heads;  // flash_attention_backward's row terms (delta), allocated inside it
     total += std::min<std::int64_t>(256, batch * seq) * C::vocab_size;  // the classifier's logits chunk
     CHECK(activation_elements(config_file_of<C>(), batch, seq) == total);
+}
+
+// Bytes in use on the heap, as the allocator counts them: glibc's main arena and its mmapped
+// chunks, or AddressSanitizer's allocator in a sanitizer build (where mallinfo2 reports nothing).
+#if defined(__SANITIZE_ADDRESS__)
+#define GEMMA3_TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define GEMMA3_TEST_ASAN 1
+#endif
+#endif
+#ifdef GEMMA3_TEST_ASAN
+// From the sanitizer runtime (declared here: GCC installs no sanitizer/allocator_interface.h).
+extern "C" std::size_t __sanitizer_get_current_allocated_bytes();
+#else
+#include <malloc.h>
+#endif
+
+namespace {
+double heap_bytes_in_use() {
+#ifdef GEMMA3_TEST_ASAN
+    return static_cast<double>(__sanitizer_get_current_allocated_bytes());
+#else
+    const auto info = mallinfo2();
+    return static_cast<double>(info.uordblks + info.hblkhd);
+#endif
+}
+
+// Heap bytes a fresh model holds after one training step of 1 x seq tokens: its activations and
+// backward scratch (the weights and gradients exist before, and are not counted).
+template <ModelConfig C>
+double bytes_held_by_a_training_step(Index seq) {
+    auto model = std::make_unique<Model<C, Cpu<float>>>();
+    model->init(InitScheme::hf, 0.02, 1);
+    auto grads = std::make_unique<Parameters<C, float>>();
+    std::vector<std::int32_t> ids(static_cast<std::size_t>(seq), 5), targets(static_cast<std::size_t>(seq), 7);
+    const double before = heap_bytes_in_use();
+    model->forward_backward(ids, targets, 1, seq, *grads);
+    return heap_bytes_in_use() - before;
+}
+}  // namespace
+
+// The tiny model has 4 sliding layers (window 8) and 2 full ones. Storing [heads, T, T]
+// probabilities, as the exact attention did, makes 8x the tokens hold ~20x the bytes (~24x with
+// full layers); with the tiled attention every buffer is linear in T, so at most 8x. The bound
+// 1.5 x 8 sits between the two.
+TEST_CASE("a training step's memory grows linearly with the sequence length") {
+    using C = configs::Gemma3Tiny;
+    bytes_held_by_a_training_step<C>(16);  // first use of the thread pool and BLAS: their allocations stay
+    const double short_run = bytes_held_by_a_training_step<C>(128), long_run = bytes_held_by_a_training_step<C>(1024);
+    CAPTURE(short_run);
+    CAPTURE(long_run);
+    CHECK(short_run > 0);
+    CHECK(long_run / short_run < 1.5 * 8);
 }

@@ -18,7 +18,7 @@ struct BlockActivations {
     Buffer<T> qkv;                  // [N, (H + 2 Hk) Dh] the q, k and v projections side by side
     Buffer<T> q_rstd, k_rstd;       // [H*N], [Hk*N] q/k norm statistics, head-major
     Buffer<T> q_rot, k_rot;         // normalised and rotated q, k
-    Buffer<T> probs;                // [B, H, T, T] attention probabilities (empty for inference)
+    Buffer<T> lse;                  // [B, H, T] attention log-sum-exp per query row (empty for inference)
     Buffer<T> attn;                 // [N, H*Dh] attention output, heads concatenated
     Buffer<T> attn_proj;            // [N, D] o_proj(attn)
     Buffer<T> attn_proj_rstd;       // [N]
@@ -31,9 +31,9 @@ struct BlockActivations {
     Buffer<T> mlp_out_rstd;         // [N]
 };
 
-// Sizes one block's buffers for n tokens, with `probs` elements of kept attention probabilities.
+// Sizes one block's buffers for n tokens, with `lse` elements of kept attention log-sum-exps.
 template <ModelConfig C, class T>
-void resize_block_activations(BlockActivations<T>& b, Index tokens, std::size_t probs) {
+void resize_block_activations(BlockActivations<T>& b, Index tokens, std::size_t lse) {
     using D = Dims<C>;
     const auto n = static_cast<std::size_t>(tokens);
     const auto d = static_cast<std::size_t>(D::model), f = static_cast<std::size_t>(D::ffn);
@@ -46,7 +46,7 @@ void resize_block_activations(BlockActivations<T>& b, Index tokens, std::size_t 
     b.k_rstd.resize(n * static_cast<std::size_t>(D::kv_heads));
     b.q_rot.resize(n * q);
     b.k_rot.resize(n * kv);
-    b.probs.resize(probs);
+    b.lse.resize(lse);
     b.attn.resize(n * q);
     b.attn_proj.resize(n * d);
     b.attn_proj_rstd.resize(n);
@@ -63,7 +63,7 @@ template <ModelConfig C, class T>
 struct Activations {
     using D = Dims<C>;
     Index batch = 0, seq = 0;
-    bool keep_probs = false;
+    bool keep_lse = false;
     std::vector<std::int32_t> tokens;     // [N]
     std::vector<std::int32_t> positions;  // [N] position of each row within its sequence
     std::vector<BlockActivations<T>> blocks;
@@ -73,21 +73,21 @@ struct Activations {
 
     Index tokens_count() const { return batch * seq; }
 
-    // Sizes every buffer for batch x seq (no-op when unchanged). keep_probs: store attention
-    // probabilities for the backward pass (B*H*T*T per layer).
-    void resize(Index batch_, Index seq_, bool keep_probs_) {
-        if (batch_ == batch && seq_ == seq && keep_probs_ == keep_probs && !blocks.empty()) return;
+    // Sizes every buffer for batch x seq (no-op when unchanged). keep_lse: store the attention's
+    // per-row log-sum-exps for the backward pass (B*H*T per layer; no T x T probabilities).
+    void resize(Index batch_, Index seq_, bool keep_lse_) {
+        if (batch_ == batch && seq_ == seq && keep_lse_ == keep_lse && !blocks.empty()) return;
         batch = batch_;
         seq = seq_;
-        keep_probs = keep_probs_;
+        keep_lse = keep_lse_;
         const auto n = static_cast<std::size_t>(batch * seq);
         const auto d = static_cast<std::size_t>(D::model);
         tokens.assign(n, 0);
         positions.resize(n);
         for (std::size_t i = 0; i < n; ++i) positions[i] = static_cast<std::int32_t>(i % static_cast<std::size_t>(seq));
         blocks.resize(static_cast<std::size_t>(D::layers));
-        const auto probs = keep_probs ? static_cast<std::size_t>(batch * D::heads * seq * seq) : 0;
-        for (auto& b : blocks) resize_block_activations<C, T>(b, batch * seq, probs);
+        const auto lse = keep_lse ? static_cast<std::size_t>(batch * seq * D::heads) : 0;
+        for (auto& b : blocks) resize_block_activations<C, T>(b, batch * seq, lse);
         final_in.resize(n * d);
         final_rstd.resize(n);
         final_out.resize(n * d);

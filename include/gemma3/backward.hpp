@@ -83,10 +83,11 @@ void block_backward(int layer, const BlockWeights<const T>& w, const BlockWeight
     const auto qkv = const_view(a.qkv.data(), n, D::qkv);
     const auto d_qkv = matrix_view(s.d_qkv.data(), n, D::qkv);
     const auto d_q = matrix_view(s.d_q.data(), n, D::q), d_k = matrix_view(s.d_k.data(), n, D::kv);
-    attention_backward<T>(const_view(a.q_rot.data(), n, D::q), const_view(a.k_rot.data(), n, D::kv),
-                          column_block(qkv, D::q + D::kv, D::kv), a.probs.data(), const_view(s.d_attn.data(), n, D::q),
-                          attention_shape<C, T>(layer, acts.batch, acts.seq), d_q, d_k,
-                          column_block(d_qkv, D::q + D::kv, D::kv));
+    flash_attention_backward<T>(const_view(a.q_rot.data(), n, D::q), const_view(a.k_rot.data(), n, D::kv),
+                                column_block(qkv, D::q + D::kv, D::kv), const_view(a.attn.data(), n, D::q),
+                                a.lse.data(), const_view(s.d_attn.data(), n, D::q),
+                                attention_shape<C, T>(layer, acts.batch, acts.seq), d_q, d_k,
+                                column_block(d_qkv, D::q + D::kv, D::kv));
     const auto& table = rope.for_kind(D::kind(layer));
     rope_backward<T>(d_q, D::head, positions, table);
     rope_backward<T>(d_k, D::head, positions, table);
@@ -114,7 +115,7 @@ void block_backward(int layer, const BlockWeights<const T>& w, const BlockWeight
 }
 
 // Head, loss and the whole backward pass, after forward_to_final_norm over the same activations
-// (kept with keep_probs). Returns the summed loss over the N positions; gradients of
+// (kept with keep_lse). Returns the summed loss over the N positions; gradients of
 // grad_scale * loss_sum accumulate into `grads`.
 template <ModelConfig C, class T>
 double backward(const Weights<C, const T>& w, const Weights<C, T>& grads, std::span<const std::int32_t> targets,

@@ -50,16 +50,25 @@ inline double training_flops_per_token(const ModelConfigFile& c, std::int64_t se
 
 // Elements of the CPU back end's training buffers for a batch x seq micro-batch: the activations
 // kept for the backward pass (activations.hpp), one block's backward scratch and the classifier's
-// logits chunk (backward.hpp, cross_entropy.hpp).
+// logits chunk (backward.hpp, cross_entropy.hpp). Attention is tiled (ops/attention.hpp): it keeps
+// one log-sum-exp per query row and head, and its backward a row term of the same size, so every
+// term is linear in seq, sliding and full layers alike. (Its per-thread tiles, a few hundred
+// kilobytes, are left out.)
 inline std::int64_t activation_elements(const ModelConfigFile& c, std::int64_t batch, std::int64_t seq) {
     const std::int64_t n = batch * seq, d = c.emb_dim, f = c.hidden_dim;
     const std::int64_t q = std::int64_t{c.n_heads} * c.head_dim, kv = std::int64_t{c.n_kv_groups} * c.head_dim;
     const std::int64_t per_block = n * (6 * d + 3 * q + 3 * kv + 3 * f + 4 + c.n_heads + c.n_kv_groups) +
-                                   batch * c.n_heads * seq * seq;  // attention probabilities
+                                   n * c.n_heads;  // attention log-sum-exps
     const std::int64_t final_norm = n * (2 * d + 1);
-    const std::int64_t scratch = n * (6 * d + 3 * f + 3 * q + 3 * kv);
+    const std::int64_t scratch = n * (6 * d + 3 * f + 3 * q + 3 * kv) + n * c.n_heads;  // + attention's row term
     const std::int64_t logits_chunk = std::min<std::int64_t>(256, n) * c.vocab_size;
     return per_block * c.n_layers + final_norm + scratch + logits_chunk;
+}
+
+// What the exact attention would keep instead: [batch, heads, seq, seq] probabilities per layer
+// (for comparison in gemma3-info; the training path no longer stores them).
+inline std::int64_t exact_attention_probability_elements(const ModelConfigFile& c, std::int64_t batch, std::int64_t seq) {
+    return std::int64_t{c.n_layers} * batch * c.n_heads * seq * seq;
 }
 
 // Elements of a KV cache for `batch` sequences of up to `context` tokens: one K and one V per kv

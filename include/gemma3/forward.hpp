@@ -60,7 +60,7 @@ ConstMatrixView<T> weight_operand(const T* w, Index rows, Index cols) {
 // The block is the same for training and for cached decoding; only where attention finds its keys
 // and values differs, so that part is the caller's `attend(q, k, v, out)`: q [N, H*Dh] and k
 // [N, Hk*Dh] normalised and rotated, v [N, Hk*Dh], out [N, H*Dh]. Training attends over the whole
-// sequence (attention_forward); decoding over its KV cache plus the new tokens (generation.hpp).
+// sequence (flash_attention_forward); decoding over its KV cache plus the new tokens (generation.hpp).
 // `w` is BlockWeights<const T> or a block of packed inference weights with the same member names.
 template <ModelConfig C, class T, class BlockW, class Attend>
 void block_forward(const BlockW& w, const RopeTable<T>& table, std::span<const std::int32_t> positions,
@@ -135,7 +135,7 @@ void forward_to_final_norm(const Weights<C, const T>& w, std::span<const std::in
         const auto shape = attention_shape<C, T>(l, acts.batch, acts.seq);
         block_forward<C, T>(w.blocks[li], rope.for_kind(D::kind(l)), std::span<const std::int32_t>(acts.positions), a, out,
                             [&](ConstMatrixView<T> q, ConstMatrixView<T> k, ConstMatrixView<T> v, MatrixView<T> attn) {
-                                attention_forward<T>(q, k, v, shape, attn, acts.keep_probs ? a.probs.data() : nullptr);
+                                flash_attention_forward<T>(q, k, v, shape, attn, acts.keep_lse ? a.lse.data() : nullptr);
                             });
     }
     rmsnorm_forward<T>(const_view<T>(acts.final_in.data(), n, D::model), w.final_norm, static_cast<T>(C::rms_norm_eps),

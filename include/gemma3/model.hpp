@@ -88,7 +88,7 @@ public:
     // Logits [batch*seq, vocab] for `batch` sequences of `seq` tokens each, stored batch-major in
     // `tokens`. The view stays valid until the next call.
     ConstMatrixView<T> forward(std::span<const std::int32_t> tokens, Index batch, Index seq) {
-        prepare(tokens, batch, seq, /*keep_probs=*/false);
+        prepare(tokens, batch, seq, /*keep_lse=*/false);
         const auto precision = products_scope();
         forward_to_final_norm<C, T>(std::as_const(parameters).weights(), tokens, rope_, acts_);
         logits_.resize(static_cast<std::size_t>(batch * seq * Dims::vocab));
@@ -101,7 +101,7 @@ public:
     // accumulate micro-batches as the seed does). Returns the mean loss, unscaled.
     double forward_backward(std::span<const std::int32_t> tokens, std::span<const std::int32_t> targets, Index batch,
                             Index seq, Parameters<C, T>& grads, double loss_scale = 1.0) {
-        prepare(tokens, batch, seq, /*keep_probs=*/true);
+        prepare(tokens, batch, seq, /*keep_lse=*/true);
         check_targets(targets);
         const auto precision = products_scope();
         forward_to_final_norm<C, T>(std::as_const(parameters).weights(), tokens, rope_, acts_);
@@ -113,7 +113,7 @@ public:
 
     // Evaluation: the mean cross-entropy, without gradients.
     double loss(std::span<const std::int32_t> tokens, std::span<const std::int32_t> targets, Index batch, Index seq) {
-        prepare(tokens, batch, seq, /*keep_probs=*/false);
+        prepare(tokens, batch, seq, /*keep_lse=*/false);
         check_targets(targets);
         const auto precision = products_scope();
         forward_to_final_norm<C, T>(std::as_const(parameters).weights(), tokens, rope_, acts_);
@@ -125,9 +125,9 @@ public:
 
 protected:
     // Validates the input and sizes the work buffers.
-    void prepare(std::span<const std::int32_t> tokens, Index batch, Index seq, bool keep_probs) {
+    void prepare(std::span<const std::int32_t> tokens, Index batch, Index seq, bool keep_lse) {
         check_forward_input<C>(tokens, batch, seq);
-        acts_.resize(batch, seq, keep_probs);
+        acts_.resize(batch, seq, keep_lse);
         rope_.template ensure<C>(seq);
     }
 

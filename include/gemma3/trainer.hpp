@@ -807,6 +807,10 @@ private:
             log << "batch " << config_.batch_size << " x " << config_.block_size << " tokens, "
                 << config_.gradient_accumulation_steps << " micro-batches per update: " << tokens_per_update
                 << " tokens per optimizer step\n";
+            if constexpr (std::is_same_v<Engine, CpuEngine<C, T>>) {  // the CUDA engine reports its own
+                log << "memory: ";
+                print_memory();
+            }
         } else {
             print_parallel_header();
         }
@@ -822,6 +826,24 @@ private:
                     << Engine::compute_dtype << " (gemma3-train picks float32, float64 or bfloat16 from the dtype)\n";
             }
         }
+    }
+
+    // "<total> MiB = weights + gradients + AdamW moments + activations", for this process: what the
+    // CPU back end allocates (footprint.hpp), told before the first step so an oversized block_size
+    // is seen before it runs out of memory.
+    void print_memory() const {
+        auto& log = *options_.log;
+        const auto mib = [](double bytes) { return std::to_string(std::llround(bytes / (1024.0 * 1024.0))); };
+        const double s = sizeof(T), n = static_cast<double>(ParameterLayout<C>::total);
+        const double shard = plan_.zero1 ? static_cast<double>(shard_of(ParameterLayout<C>::total, 0, plan_.ranks).count) : n;
+        const double activations =
+            static_cast<double>(activation_elements(model_config_, config_.batch_size, config_.block_size)) * s;
+        const double moments = 2 * shard * s;
+        log << mib(2 * n * s + moments + activations) << " MiB = weights " << mib(n * s) << " + gradients " << mib(n * s)
+            << " + AdamW moments " << mib(moments);
+        if (plan_.zero1) log << " (1/" << plan_.ranks << " of " << mib(2 * n * s) << ")";
+        log << " + activations " << mib(activations) << " MiB (batch " << config_.batch_size << " x "
+            << config_.block_size << " tokens)\n";
     }
 
     // The effective batch, the memory of one rank and the bytes each rank sends per optimizer step.
@@ -840,16 +862,10 @@ private:
                 << ranks << " ranks)";
         }
         log << "\n";
+        log << "memory per rank: ";
+        print_memory();
         const auto mib = [](double bytes) { return std::to_string(std::llround(bytes / (1024.0 * 1024.0))); };
         const double s = sizeof(T), n = static_cast<double>(ParameterLayout<C>::total);
-        const double shard = plan_.zero1 ? static_cast<double>(shard_of(ParameterLayout<C>::total, 0, plan_.ranks).count) : n;
-        const double activations =
-            static_cast<double>(activation_elements(model_config_, config_.batch_size, config_.block_size)) * s;
-        const double moments = 2 * shard * s;
-        log << "memory per rank: " << mib(2 * n * s + moments + activations) << " MiB = weights " << mib(n * s)
-            << " + gradients " << mib(n * s) << " + AdamW moments " << mib(moments);
-        if (plan_.zero1) log << " (1/" << ranks << " of " << mib(2 * n * s) << ")";
-        log << " + activations " << mib(activations) << " MiB\n";
         // A ring all-reduce sends 2 (R-1)/R of the buffer from each rank; reduce-scatter and
         // all-gather send (R-1)/R each, the same total.
         const double sent = 2.0 * static_cast<double>(ranks - 1) / static_cast<double>(ranks) * n * s;
