@@ -12,11 +12,11 @@
 //   decode    one sequence: a prompt of seq tokens, then new tokens one at a time with the KV cache
 // Each mode prints one JSON object per line (and a readable line on stderr). Times are the median
 // of --repeats runs after --warmup runs. Peak RSS is the process's (VmHWM of /proc/self/status).
-#include <gemma3/configs.hpp>
-#include <gemma3/footprint.hpp>
-#include <gemma3/generation.hpp>
+#include <gemma3/core/configs.hpp>
+#include <gemma3/core/footprint.hpp>
+#include <gemma3/core/generation.hpp>
 #include <gemma3/model.hpp>
-#include <gemma3/optimizer.hpp>
+#include <gemma3/train/optimizer.hpp>
 
 #include "trainer_configs.hpp"
 

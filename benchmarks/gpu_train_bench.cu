@@ -13,10 +13,10 @@
 //   + 12 x heads x head_dim x (mean number of keys a query attends to) per layer
 // (a query at position i sees min(i + 1, window) keys on sliding layers and i + 1 on full ones).
 // The peak is dense bf16 with fp32 accumulation (cuda::bf16_peak_tflops, or --peak-tflops).
-#include <gemma3/config_file.hpp>
-#include <gemma3/configs.hpp>
+#include <gemma3/io/config_file.hpp>
+#include <gemma3/core/configs.hpp>
 #include <gemma3/cuda/training.cuh>
-#include <gemma3/footprint.hpp>
+#include <gemma3/core/footprint.hpp>
 
 #include <algorithm>
 #include <chrono>

@@ -4,7 +4,7 @@
 // (gemma3-bench --mode limits).
 //
 //   build/bin/gemma3-ops-bench [--benchmark_filter=attention]
-#include <gemma3/configs.hpp>
+#include <gemma3/core/configs.hpp>
 #include <gemma3/ops/attention.hpp>
 #include <gemma3/ops/cross_entropy.hpp>
 #include <gemma3/ops/embedding.hpp>
@@ -13,8 +13,8 @@
 #include <gemma3/ops/packed_linear.hpp>
 #include <gemma3/ops/rmsnorm.hpp>
 #include <gemma3/ops/rope.hpp>
-#include <gemma3/optimizer.hpp>
-#include <gemma3/parameters.hpp>
+#include <gemma3/train/optimizer.hpp>
+#include <gemma3/core/parameters.hpp>
 
 #include <benchmark/benchmark.h>
 

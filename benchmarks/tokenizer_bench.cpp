@@ -5,7 +5,7 @@
 //
 // Prints "ours_MBps <value>" (MB = 10^6 bytes) and, for context, the speed of pre-tokenisation
 // alone with PCRE2 only and with the ASCII fast path.
-#include <gemma3/tokenizer.hpp>
+#include <gemma3/text/tokenizer.hpp>
 
 #include <CLI/CLI.hpp>
 

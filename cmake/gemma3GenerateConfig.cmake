@@ -7,7 +7,7 @@
 # changes.
 #
 # The work is done by the library itself, so this file keeps no list of fields: a small program
-# around gemma3::generate_config_main() (<gemma3/config_header.hpp>) is compiled once per build tree
+# around gemma3::generate_config_main() (<gemma3/io/config_header.hpp>) is compiled once per build tree
 # at configure time, reads and checks the file exactly as the library does at run time (every
 # problem reported at once), and writes the constants from the library's field table. It is rebuilt
 # when the library's headers change. Needs a C++20 compiler that can build programs for this
@@ -65,7 +65,7 @@ function(_gemma3_config_generator out_var)
   if(NOT old_stamp STREQUAL stamp)
     message(STATUS "gemma3_generate_config: building the config generator")
     file(WRITE "${dir}/main.cpp"
-         "#include <gemma3/config_header.hpp>\n"
+         "#include <gemma3/io/config_header.hpp>\n"
          "int main(int argc, char** argv) { return gemma3::generate_config_main(argc, argv); }\n")
     try_compile(built "${dir}/build"
       SOURCES "${dir}/main.cpp"

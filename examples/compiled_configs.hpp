@@ -5,8 +5,8 @@
 // trainer_configs.hpp). `with_compiled_config` finds the type that matches a model config file.
 #pragma once
 
-#include <gemma3/config_file.hpp>
-#include <gemma3/configs.hpp>
+#include <gemma3/io/config_file.hpp>
+#include <gemma3/core/configs.hpp>
 
 #include "trainer_configs.hpp"  // generated: using TrainerConfigs = std::tuple<...>
 

@@ -10,9 +10,9 @@
 // Loads checkpoints written by gemma3-train and Hugging Face directories (config.json +
 // model.safetensors) of an architecture the program was compiled for (compiled_configs.hpp).
 // Tokens stream to stdout as they are produced; timing goes to stderr.
-#include <gemma3/checkpoint.hpp>
-#include <gemma3/generation.hpp>
-#include <gemma3/tokenizer.hpp>
+#include <gemma3/io/checkpoint.hpp>
+#include <gemma3/core/generation.hpp>
+#include <gemma3/text/tokenizer.hpp>
 
 #include "compiled_configs.hpp"
 #include "find_tokenizer.hpp"

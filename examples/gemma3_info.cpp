@@ -3,11 +3,11 @@
 //
 //   build/bin/gemma3-info --model-config config/model_config.json [--batch 32 --block-size 128 --context 32768]
 // The model config may also be a Hugging Face config.json.
-#include <gemma3/blas.hpp>
-#include <gemma3/config_fields.hpp>
-#include <gemma3/config_file.hpp>
-#include <gemma3/footprint.hpp>
-#include <gemma3/hf_config.hpp>
+#include <gemma3/core/blas.hpp>
+#include <gemma3/core/config_fields.hpp>
+#include <gemma3/io/config_file.hpp>
+#include <gemma3/core/footprint.hpp>
+#include <gemma3/io/hf_config.hpp>
 
 #include <CLI/CLI.hpp>
 

@@ -6,7 +6,7 @@
 //       reads whitespace-separated ids and writes the bytes they stand for
 //
 // `--hf-vocab`/`--hf-merges` load Hugging Face's vocab.json + merges.txt instead.
-#include <gemma3/tokenizer.hpp>
+#include <gemma3/text/tokenizer.hpp>
 
 #include "find_tokenizer.hpp"
 

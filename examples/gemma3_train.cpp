@@ -12,12 +12,12 @@
 //
 // The model's shapes are compile-time constants, so the program contains a set of compiled config
 // types and picks the one that matches --model-config (compiled_configs.hpp).
-#include <gemma3/config_file.hpp>
-#include <gemma3/configs.hpp>
-#include <gemma3/distributed.hpp>
-#include <gemma3/hf_tokenizer_files.hpp>
-#include <gemma3/tokenizer.hpp>
-#include <gemma3/trainer.hpp>
+#include <gemma3/io/config_file.hpp>
+#include <gemma3/core/configs.hpp>
+#include <gemma3/train/distributed.hpp>
+#include <gemma3/text/hf_tokenizer_files.hpp>
+#include <gemma3/text/tokenizer.hpp>
+#include <gemma3/train/trainer.hpp>
 
 #include "compiled_configs.hpp"
 #include "find_tokenizer.hpp"
@@ -193,7 +193,7 @@ int main(int argc, char** argv) {
         std::replace(field.begin(), field.end(), '_', '-');
         return names.find('_') == std::string::npos ? names : names + ",--" + field;
     };
-    // One flag per row of the field table (gemma3/config_fields.hpp), read as its type's JSON kind.
+    // One flag per row of the field table (gemma3/core/config_fields.hpp), read as its type's JSON kind.
     const auto add_override = [&]<class T>(std::type_identity<T>, const std::string& field, const char* description) {
         const std::string help = "training config field " + field + ": " + description;
         if constexpr (std::is_same_v<T, double>) {

@@ -1,8 +1,8 @@
 // The GPU entry points of gemma3-train (gemma3_train_cuda.cu, built only with CUDA).
 #pragma once
 
-#include <gemma3/config_file.hpp>
-#include <gemma3/trainer.hpp>
+#include <gemma3/io/config_file.hpp>
+#include <gemma3/train/trainer.hpp>
 
 namespace gemma3::programs {
 

@@ -3,7 +3,7 @@
 // plotting dependency (Debian has no small C++ plotting library). Used by gemma3-train, not installed.
 #pragma once
 
-#include <gemma3/trainer.hpp>  // LossCurves
+#include <gemma3/train/trainer.hpp>  // LossCurves
 
 #include <algorithm>
 #include <cmath>

@@ -58,10 +58,10 @@
 // (nanoseconds) are; `force` re-prepares regardless.
 #pragma once
 
-#include <gemma3/data.hpp>
-#include <gemma3/file_io.hpp>
-#include <gemma3/json_read.hpp>
-#include <gemma3/tokenizer.hpp>
+#include <gemma3/train/data.hpp>
+#include <gemma3/io/file_io.hpp>
+#include <gemma3/io/json_read.hpp>
+#include <gemma3/text/tokenizer.hpp>
 
 #include <nlohmann/json.hpp>
 

@@ -7,7 +7,7 @@
 // triple the total.
 #pragma once
 
-#include <gemma3/config_file.hpp>
+#include <gemma3/io/config_file.hpp>
 
 #include "compiled_configs.hpp"
 
@@ -28,7 +28,7 @@ TrainSummary train_compiled(const ModelConfigFile& model, const TrainingConfig& 
 }  // namespace gemma3::programs
 
 #ifdef GEMMA3_TRAIN_INSTANCE_DEFINITION
-#include <gemma3/trainer.hpp>
+#include <gemma3/train/trainer.hpp>
 
 namespace gemma3::programs {
 // The CPU trainer of precision P: the loop runs in float for bf16 mixed precision.

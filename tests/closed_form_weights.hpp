@@ -3,7 +3,7 @@
 // of each tensor. Integer hashing makes every value bit-identical to numpy's.
 #pragma once
 
-#include <gemma3/parameters.hpp>
+#include <gemma3/core/parameters.hpp>
 
 #include <cmath>
 #include <cstdint>

@@ -20,12 +20,12 @@
 #include <doctest/doctest.h>
 #include <omp.h>
 
-#include <gemma3/configs.hpp>
+#include <gemma3/core/configs.hpp>
 #include <gemma3/model.hpp>
 #include <gemma3/ops/cross_entropy.hpp>
 #include <gemma3/ops/linear.hpp>
-#include <gemma3/optimizer.hpp>
-#include <gemma3/tokenizer.hpp>
+#include <gemma3/train/optimizer.hpp>
+#include <gemma3/text/tokenizer.hpp>
 
 #include <algorithm>
 #include <cmath>

@@ -2,7 +2,7 @@
 // checkpoints are refused with a message that names the problem, and leave the model untouched.
 #include <doctest/doctest.h>
 
-#include <gemma3/checkpoint.hpp>
+#include <gemma3/io/checkpoint.hpp>
 #include <gemma3/model.hpp>
 
 #include <sys/resource.h>

@@ -1,6 +1,6 @@
 #include <doctest/doctest.h>
 
-#include <gemma3/configs.hpp>
+#include <gemma3/core/configs.hpp>
 
 using namespace gemma3;
 

@@ -3,8 +3,8 @@
 // docs/model.md §2.2, §8) and from the hand-written types in configs.hpp, never from the code under test.
 #include <doctest/doctest.h>
 
-#include <gemma3/config_file.hpp>
-#include <gemma3/configs.hpp>
+#include <gemma3/io/config_file.hpp>
+#include <gemma3/core/configs.hpp>
 
 #include <filesystem>
 #include <fstream>
@@ -182,7 +182,7 @@ TEST_CASE("model_config.json against configs::Gemma3Tiny lists every differing f
     for (const auto& line : expected) CHECK(contains(message, line));
     CHECK(contains(message, "gemma3_generate_config(NAME MyConfig JSON " + file + " OUTPUT"));
     CHECK(contains(message, "cmake/gemma3GenerateConfig.cmake"));
-    CHECK(contains(message, "include/gemma3/configs.hpp"));
+    CHECK(contains(message, "include/gemma3/core/configs.hpp"));
 }
 
 TEST_CASE("require_matches sees tie_word_embeddings and ignores the run-time settings") {

@@ -1,11 +1,11 @@
-// Data-parallel training (gemma3/distributed.hpp, the trainer's collectives, gemma3-train under
+// Data-parallel training (gemma3/train/distributed.hpp, the trainer's collectives, gemma3-train under
 // mpirun): shard arithmetic and the single-process communicator here; with MPI, runs of
 // gemma3-train under mpirun compared with one-process runs (equivalence, resume across rank
 // counts, failures). Every mpirun has a time limit, so a hang fails the test instead of blocking.
 #include <doctest/doctest.h>
 
-#include <gemma3/distributed.hpp>
-#include <gemma3/safetensors.hpp>
+#include <gemma3/train/distributed.hpp>
+#include <gemma3/io/safetensors.hpp>
 
 #include <nlohmann/json.hpp>
 #include <sys/wait.h>

@@ -4,7 +4,7 @@
 // order, which keeps their collectives matched.
 #include <doctest/doctest.h>
 
-#include <gemma3/distributed.hpp>
+#include <gemma3/train/distributed.hpp>
 
 #include <cmath>
 #include <cstdint>

@@ -2,8 +2,8 @@
 // activation memory against the buffers a training step really allocates.
 #include <doctest/doctest.h>
 
-#include <gemma3/config_file.hpp>
-#include <gemma3/footprint.hpp>
+#include <gemma3/io/config_file.hpp>
+#include <gemma3/core/footprint.hpp>
 #include <gemma3/model.hpp>
 
 #include <filesystem>

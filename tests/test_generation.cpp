@@ -17,7 +17,7 @@
 // and more at these sizes, so the test notices.
 #include <doctest/doctest.h>
 
-#include <gemma3/generation.hpp>
+#include <gemma3/core/generation.hpp>
 
 #include <map>
 #include <memory>

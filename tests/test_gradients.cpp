@@ -12,9 +12,9 @@
 #include "hf_mqa_untied.hpp"
 
 #include <gemma3/model.hpp>
-#include <gemma3/optimizer.hpp>
-#include <gemma3/safetensors.hpp>
-#include <gemma3/weights_io.hpp>
+#include <gemma3/train/optimizer.hpp>
+#include <gemma3/io/safetensors.hpp>
+#include <gemma3/io/weights_io.hpp>
 
 #include <filesystem>
 #include <memory>

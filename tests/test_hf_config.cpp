@@ -1,11 +1,11 @@
-// Hugging Face config.json to and from our model config (include/gemma3/hf_config.hpp), and the
+// Hugging Face config.json to and from our model config (include/gemma3/io/hf_config.hpp), and the
 // config loaders' answers to the inputs fuzzing found (tests/data/configs/fuzz_findings). Expected
 // values come from files transformers wrote and from the hand-written types in configs.hpp.
 #include <doctest/doctest.h>
 
-#include <gemma3/configs.hpp>
-#include <gemma3/config_header.hpp>
-#include <gemma3/hf_config.hpp>
+#include <gemma3/core/configs.hpp>
+#include <gemma3/io/config_header.hpp>
+#include <gemma3/io/hf_config.hpp>
 
 #include <cstdio>
 #include <filesystem>

@@ -15,8 +15,8 @@
 #include "hf_seed_dims.hpp"
 
 #include <gemma3/model.hpp>
-#include <gemma3/safetensors.hpp>
-#include <gemma3/weights_io.hpp>
+#include <gemma3/io/safetensors.hpp>
+#include <gemma3/io/weights_io.hpp>
 
 #include <filesystem>
 #include <string>

@@ -5,8 +5,8 @@
 // Also the places the programs look for the ranks file (examples/find_tokenizer.hpp).
 #include <doctest/doctest.h>
 
-#include <gemma3/hf_tokenizer_files.hpp>
-#include <gemma3/tokenizer.hpp>
+#include <gemma3/text/hf_tokenizer_files.hpp>
+#include <gemma3/text/tokenizer.hpp>
 
 #include "../examples/find_tokenizer.hpp"
 

@@ -1,9 +1,9 @@
-// Safe JSON reading (include/gemma3/json_read.hpp): limits, range-checked numbers, short messages.
+// Safe JSON reading (include/gemma3/io/json_read.hpp): limits, range-checked numbers, short messages.
 // Expected values are written out by hand from the JSON text and the C++ types' ranges.
 #include <doctest/doctest.h>
 
-#include <gemma3/config_file.hpp>
-#include <gemma3/json_read.hpp>
+#include <gemma3/io/config_file.hpp>
+#include <gemma3/io/json_read.hpp>
 
 #include <cstdint>
 #include <filesystem>

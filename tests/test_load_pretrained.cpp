@@ -5,8 +5,8 @@
 // weight is read. A bare safetensors file still loads with Model::load.
 #include <doctest/doctest.h>
 
-#include <gemma3/checkpoint.hpp>
-#include <gemma3/configs.hpp>
+#include <gemma3/io/checkpoint.hpp>
+#include <gemma3/core/configs.hpp>
 #include <gemma3/model.hpp>
 
 #include <unistd.h>

@@ -8,7 +8,7 @@
 // derivatives must agree to 1e-8 relative.
 #include <doctest/doctest.h>
 
-#include <gemma3/blas.hpp>
+#include <gemma3/core/blas.hpp>
 #include <gemma3/ops/attention.hpp>
 #include <gemma3/ops/embedding.hpp>
 #include <gemma3/ops/geglu.hpp>

@@ -5,8 +5,8 @@
 // independently; rounded values (BF16, F16) were produced by torch/numpy and stored next to them.
 #include <doctest/doctest.h>
 
-#include <gemma3/file_io.hpp>
-#include <gemma3/safetensors.hpp>
+#include <gemma3/io/file_io.hpp>
+#include <gemma3/io/safetensors.hpp>
 
 #include <unistd.h>
 

@@ -3,7 +3,7 @@
 // scripts/fetch_corpus.sh, and the tests fail (not skip) when they are missing.
 #include <doctest/doctest.h>
 
-#include <gemma3/tokenizer.hpp>
+#include <gemma3/text/tokenizer.hpp>
 
 #include <nlohmann/json.hpp>
 #include <unistd.h>

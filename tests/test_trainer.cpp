@@ -2,7 +2,7 @@
 // program killed mid-save), the non-finite guard, and the device check.
 #include <doctest/doctest.h>
 
-#include <gemma3/trainer.hpp>
+#include <gemma3/train/trainer.hpp>
 
 #include "trainer_run.hpp"
 

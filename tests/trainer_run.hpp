@@ -2,7 +2,7 @@
 // engine): one run of a Trainer, without the live progress line, returning what it printed.
 #pragma once
 
-#include <gemma3/trainer.hpp>
+#include <gemma3/train/trainer.hpp>
 
 #include <cstdint>
 #include <filesystem>

@@ -2,8 +2,8 @@
 // train.cpp, gemma3-train or transformers' save_pretrained), checking its config against the
 // compiled type, and continues a prompt greedily with the KV cache.
 //   ./generate small_model
-#include <gemma3/checkpoint.hpp>  // load_pretrained
-#include <gemma3/generation.hpp>  // Generator, TokenSampler, generate
+#include <gemma3/io/checkpoint.hpp>  // load_pretrained
+#include <gemma3/core/generation.hpp>  // Generator, TokenSampler, generate
 #include <gemma3/model.hpp>
 
 #include "small_model.hpp"
@@ -22,7 +22,7 @@ int main(int argc, char** argv) {
         gemma3::Generator<Config, float> generator(*model);
         gemma3::TokenSampler sampler({/*temperature=*/0.0, /*top_k=*/0, /*top_p=*/1.0, /*seed=*/0});  // greedy
         // With GPT-2's vocabulary: gemma3::Tokenizer::from_tiktoken_file("gpt2.tiktoken").encode_ordinary(text)
-        // (gemma3/tokenizer.hpp, CMake target gemma3::tokenizer), and decode() for the output.
+        // (gemma3/text/tokenizer.hpp, CMake target gemma3::tokenizer), and decode() for the output.
         const std::vector<std::int32_t> prompt = {0, 7, 14, 21};
         const auto tokens = gemma3::generate(generator, prompt, /*max_new_tokens=*/12, sampler, /*stop_token=*/-1);
         for (const auto t : tokens) std::printf("%d ", t);

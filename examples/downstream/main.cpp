@@ -1,8 +1,8 @@
 // Uses gemma3 from an installed copy: a config type generated from JSON, the run-time check that
 // the JSON still matches it, random weights, one training step and a forward pass.
-#include <gemma3/config_file.hpp>
+#include <gemma3/io/config_file.hpp>
 #include <gemma3/model.hpp>
-#include <gemma3/optimizer.hpp>
+#include <gemma3/train/optimizer.hpp>
 
 #include "small_model.hpp"
 

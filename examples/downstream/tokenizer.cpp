@@ -1,6 +1,6 @@
 // Uses the tokenizer component of an installed gemma3 (gemma3::tokenizer, which brings PCRE2): a
 // byte-level vocabulary of 256 tokens, written here in tiktoken's format, encodes text to its bytes.
-#include <gemma3/tokenizer.hpp>
+#include <gemma3/text/tokenizer.hpp>
 
 #include <cstdio>
 #include <filesystem>

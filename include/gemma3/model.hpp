@@ -2,7 +2,7 @@
 //
 //   #include <gemma3/model.hpp>
 //   gemma3::Model<gemma3::configs::Gemma3_270M, gemma3::Cpu<float>> model;
-//   model.init(gemma3::InitScheme::hf, 0.02, /*seed=*/1);       // or, with <gemma3/weights_io.hpp>,
+//   model.init(gemma3::InitScheme::hf, 0.02, /*seed=*/1);       // or, with <gemma3/io/weights_io.hpp>,
 //   gemma3::load_weights("model.safetensors", model.parameters); // Hugging Face tensor names
 //   auto logits = model.forward(tokens, batch, seq);              // [batch*seq, vocab], row-major
 //
@@ -14,13 +14,13 @@
 // by weights_io.hpp, checkpoint.hpp and config_file.hpp.
 #pragma once
 
-#include "activations.hpp"
-#include "backward.hpp"
-#include "config.hpp"
-#include "configs.hpp"
-#include "forward.hpp"
-#include "parameters.hpp"
-#include "tensor.hpp"
+#include <gemma3/core/activations.hpp>
+#include <gemma3/core/backward.hpp>
+#include <gemma3/core/config.hpp>
+#include <gemma3/core/configs.hpp>
+#include <gemma3/core/forward.hpp>
+#include <gemma3/core/parameters.hpp>
+#include <gemma3/core/tensor.hpp>
 
 #include <cstdint>
 #include <optional>

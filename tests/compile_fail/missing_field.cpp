@@ -1,6 +1,6 @@
 // expect-error: rms_norm_eps
 // A type without rms_norm_eps is not a ModelConfig; the concept names what is missing.
-#include <gemma3/config.hpp>
+#include <gemma3/core/config.hpp>
 
 struct Incomplete {
     static constexpr int vocab_size = 512;

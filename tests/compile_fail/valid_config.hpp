@@ -2,7 +2,7 @@
 // hides one constant, as configs::Gemma3_270M_Tied does).
 #pragma once
 
-#include <gemma3/config.hpp>
+#include <gemma3/core/config.hpp>
 
 struct ValidConfig {
     static constexpr int vocab_size = 512;

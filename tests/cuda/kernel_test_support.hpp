@@ -16,7 +16,7 @@
 #include "cuda_test.hpp"
 #include "guarded_buffer.hpp"
 
-#include <gemma3/safetensors.hpp>  // float_to_bf16 / bf16_to_float: the host-side reference rounding
+#include <gemma3/io/safetensors.hpp>  // float_to_bf16 / bf16_to_float: the host-side reference rounding
 
 #include <cmath>
 #include <cstddef>

@@ -4,7 +4,7 @@
 #include "cuda_test.hpp"
 
 #include <gemma3/cuda/blas_lt.hpp>
-#include <gemma3/safetensors.hpp>
+#include <gemma3/io/safetensors.hpp>
 
 #include <sys/types.h>
 #include <sys/wait.h>

@@ -9,7 +9,7 @@
 #include "cuda_test.hpp"
 
 #include <gemma3/cuda/blas_lt.hpp>
-#include <gemma3/safetensors.hpp>  // float_to_bf16 / bf16_to_float
+#include <gemma3/io/safetensors.hpp>  // float_to_bf16 / bf16_to_float
 
 #include <cmath>
 #include <cstdint>

@@ -6,7 +6,7 @@
 #include "example_kernels.cuh"
 #include "guarded_buffer.hpp"
 
-#include <gemma3/safetensors.hpp>  // float_to_bf16 / bf16_to_float / double_to_bf16: the CPU reference
+#include <gemma3/io/safetensors.hpp>  // float_to_bf16 / bf16_to_float / double_to_bf16: the CPU reference
 
 #include <algorithm>
 #include <bit>

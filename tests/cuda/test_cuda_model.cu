@@ -22,7 +22,7 @@
 
 #include <gemma3/cuda/training.cuh>
 #include <gemma3/model.hpp>
-#include <gemma3/optimizer.hpp>
+#include <gemma3/train/optimizer.hpp>
 
 #include <algorithm>
 #include <cmath>

@@ -1,5 +1,5 @@
 // The optimizer kernels (include/gemma3/cuda/ops/optimizer.cuh) and the casts (ops/cast.cuh)
-// against the CPU: global_norm in double and torch-semantics AdamW<float> (include/gemma3/optimizer.hpp).
+// against the CPU: global_norm in double and torch-semantics AdamW<float> (include/gemma3/train/optimizer.hpp).
 //
 // Bounds (u_f = 2^-24, u_d = 2^-53): the squared norm is summed in double on both sides, in different
 // orders, from squares that are exact in double: each sum of n positive terms is within (n - 1) u_d of
@@ -12,7 +12,7 @@
 
 #include <gemma3/cuda/ops/cast.cuh>
 #include <gemma3/cuda/ops/optimizer.cuh>
-#include <gemma3/optimizer.hpp>
+#include <gemma3/train/optimizer.hpp>
 
 #include <cmath>
 #include <vector>

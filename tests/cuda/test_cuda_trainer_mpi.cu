@@ -18,7 +18,7 @@
 //    side in one run, so they get the bf16 bound of test_cuda_trainer.cu.
 #include "trainer_test_support.hpp"
 
-#include <gemma3/distributed.hpp>
+#include <gemma3/train/distributed.hpp>
 
 #include <filesystem>
 #include <string>

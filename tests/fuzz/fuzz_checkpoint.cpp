@@ -9,8 +9,8 @@
 //     (finding 6: nlohmann errors escaped from --resume).
 #include "fuzz_support.hpp"
 
-#include <gemma3/checkpoint.hpp>
-#include <gemma3/trainer.hpp>
+#include <gemma3/io/checkpoint.hpp>
+#include <gemma3/train/trainer.hpp>
 
 #include <cmath>
 #include <cstring>

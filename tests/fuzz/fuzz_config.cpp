@@ -9,8 +9,8 @@
 //     model_config_from_hf_json give back the same architecture (issue 13, finding 5).
 #include "fuzz_support.hpp"
 
-#include <gemma3/checkpoint.hpp>
-#include <gemma3/config_file.hpp>
+#include <gemma3/io/checkpoint.hpp>
+#include <gemma3/io/config_file.hpp>
 
 namespace {
 

@@ -9,9 +9,9 @@
 //     SafetensorsError and leaves the model unchanged (finding 7 of issue 13).
 #include "fuzz_support.hpp"
 
-#include <gemma3/parameters.hpp>
-#include <gemma3/safetensors.hpp>
-#include <gemma3/weights_io.hpp>
+#include <gemma3/core/parameters.hpp>
+#include <gemma3/io/safetensors.hpp>
+#include <gemma3/io/weights_io.hpp>
 
 #include <bit>
 #include <cmath>

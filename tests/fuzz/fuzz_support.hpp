@@ -14,7 +14,7 @@
 // fuzz::fail, which prints the reason and aborts, so libFuzzer saves the input.
 #pragma once
 
-#include <gemma3/config.hpp>
+#include <gemma3/core/config.hpp>
 
 #include <unistd.h>
 

@@ -9,7 +9,7 @@
 //     either works or throws DataError, and a refused state leaves the sampler unchanged.
 #include "fuzz_support.hpp"
 
-#include <gemma3/data.hpp>
+#include <gemma3/train/data.hpp>
 
 #include <optional>
 

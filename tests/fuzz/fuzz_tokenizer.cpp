@@ -8,7 +8,7 @@
 // The ranks come from data/gpt2.tiktoken (scripts/fetch_tokenizer.sh).
 #include "fuzz_support.hpp"
 
-#include <gemma3/tokenizer.hpp>
+#include <gemma3/text/tokenizer.hpp>
 
 namespace {
 

@@ -9,7 +9,7 @@
 // scripts/fetch_tokenizer.sh), cut down at start-up.
 #include "fuzz_support.hpp"
 
-#include <gemma3/tokenizer.hpp>
+#include <gemma3/text/tokenizer.hpp>
 
 #include <nlohmann/json.hpp>
 

@@ -1,5 +1,5 @@
 // Matrix products on the device through cuBLASLt, in the row-major terms of our CPU gemm()
-// (include/gemma3/blas.hpp): c = alpha * op(a) * op(b) + beta * c with row-major a, b, c and
+// (include/gemma3/core/blas.hpp): c = alpha * op(a) * op(b) + beta * c with row-major a, b, c and
 // leading dimensions (the distance in elements between consecutive rows).
 //
 // Types: bf16 inputs with fp32 accumulation and bf16 or fp32 output, or fp32 throughout (true fp32

@@ -31,7 +31,7 @@
 #endif
 
 #include <gemma3/model.hpp>
-#include <gemma3/weights_io.hpp>
+#include <gemma3/io/weights_io.hpp>
 
 #include <gemma3/cuda/blas_lt.hpp>
 #include <gemma3/cuda/ops/attention.cuh>

@@ -12,9 +12,9 @@
 #pragma once
 
 #include <gemma3/cuda/training.cuh>
-#include <gemma3/distributed.hpp>
-#include <gemma3/footprint.hpp>
-#include <gemma3/trainer.hpp>
+#include <gemma3/train/distributed.hpp>
+#include <gemma3/core/footprint.hpp>
+#include <gemma3/train/trainer.hpp>
 
 #include <algorithm>
 #include <cstdio>

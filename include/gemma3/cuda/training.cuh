@@ -24,7 +24,7 @@
 
 #include <gemma3/cuda/model.cuh>
 #include <gemma3/cuda/ops/optimizer.cuh>
-#include <gemma3/optimizer.hpp>
+#include <gemma3/train/optimizer.hpp>
 
 #include <cmath>
 #include <cstdint>

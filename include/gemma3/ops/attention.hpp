@@ -19,8 +19,8 @@
 // full layer O(seq^2).
 #pragma once
 
-#include "../blas.hpp"
-#include "../tensor.hpp"
+#include <gemma3/core/blas.hpp>
+#include <gemma3/core/tensor.hpp>
 #include "attention_shape.hpp"
 
 #include <algorithm>

@@ -6,8 +6,8 @@
 // vocab 50257) the full matrix would take 823 MB in fp32.
 #pragma once
 
-#include "../blas.hpp"
-#include "../tensor.hpp"
+#include <gemma3/core/blas.hpp>
+#include <gemma3/core/tensor.hpp>
 #include "embedding.hpp"
 #include "linear.hpp"
 

@@ -4,7 +4,7 @@
 // 25.25 only when the weights themselves are bf16).
 #pragma once
 
-#include "../tensor.hpp"
+#include <gemma3/core/tensor.hpp>
 
 #include <cstdint>
 #include <span>

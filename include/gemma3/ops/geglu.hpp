@@ -4,7 +4,7 @@
 // gelu(approximate="tanh"), HF's "gelu_pytorch_tanh".
 #pragma once
 
-#include "../tensor.hpp"
+#include <gemma3/core/tensor.hpp>
 
 #include <cmath>
 

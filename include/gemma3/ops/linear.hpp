@@ -13,8 +13,8 @@
 // stream stay fp32, and weight gradients accumulate in fp32.
 #pragma once
 
-#include "../blas.hpp"
-#include "../tensor.hpp"
+#include <gemma3/core/blas.hpp>
+#include <gemma3/core/tensor.hpp>
 
 #include <cstddef>
 #include <cstdint>

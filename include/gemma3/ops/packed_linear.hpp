@@ -22,8 +22,8 @@
 //    the way in, fp32 accumulation); int8 weights are widened to fp32 and multiplied in fp32.
 #pragma once
 
-#include "../blas.hpp"
-#include "../tensor.hpp"
+#include <gemma3/core/blas.hpp>
+#include <gemma3/core/tensor.hpp>
 
 #include <algorithm>
 #include <cmath>

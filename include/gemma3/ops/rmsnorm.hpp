@@ -7,7 +7,7 @@
 // [tokens, head_dim] with the row stride of the whole matrix, and keep the statistics head by head).
 #pragma once
 
-#include "../tensor.hpp"
+#include <gemma3/core/tensor.hpp>
 
 #include <omp.h>
 

@@ -8,7 +8,7 @@
 // p * 2^-24 radians; the difference to HF's fp32 model is far below fp32 tolerance at training lengths.
 #pragma once
 
-#include "../tensor.hpp"
+#include <gemma3/core/tensor.hpp>
 
 #include <cmath>
 #include <span>

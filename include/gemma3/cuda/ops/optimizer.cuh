@@ -1,6 +1,6 @@
 // The optimizer's kernels on the device: the global L2 norm of the gradients and AdamW with fp32
 // master weights and moments, writing the bf16 compute copy in the same pass. The twin of
-// include/gemma3/optimizer.hpp (AdamW, global_norm, clip_grad_norm; docs/model.md §8.4, §8.6).
+// include/gemma3/train/optimizer.hpp (AdamW, global_norm, clip_grad_norm; docs/model.md §8.4, §8.6).
 //
 // The norm is deterministic: a fixed grid of 512 blocks sums squares in double (each thread a
 // grid-stride slice, then a block tree), and one block adds the 512 partials in order. Clipping is

@@ -16,8 +16,8 @@
 
 #include <nlohmann/json.hpp>
 
-#include "config_file.hpp"
-#include "json_read.hpp"
+#include <gemma3/io/config_file.hpp>
+#include <gemma3/io/json_read.hpp>
 
 namespace gemma3 {
 

@@ -9,7 +9,7 @@
 // generator whose state can be saved and restored (it is part of a checkpoint).
 #pragma once
 
-#include "file_io.hpp"
+#include <gemma3/io/file_io.hpp>
 
 #include <cstdint>
 #include <cstring>

@@ -14,7 +14,7 @@
 #include <type_traits>
 #include <utility>
 
-#include "config_fields.hpp"
+#include <gemma3/core/config_fields.hpp>
 
 namespace gemma3 {
 

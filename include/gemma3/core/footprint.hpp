@@ -3,7 +3,7 @@
 // library's buffers (activations.hpp, backward.hpp); tests check them against the real sizes.
 #pragma once
 
-#include "config_file.hpp"
+#include <gemma3/io/config_file.hpp>
 
 #include <cstdint>
 

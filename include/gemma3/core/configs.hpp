@@ -2,7 +2,7 @@
 // `gemma3_generate_config()` in CMake, which writes one from a model_config.json.
 #pragma once
 
-#include "config.hpp"
+#include <gemma3/core/config.hpp>
 
 namespace gemma3::configs {
 

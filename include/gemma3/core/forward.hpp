@@ -12,15 +12,15 @@
 // Every intermediate lands in Activations, which the backward pass reads.
 #pragma once
 
-#include "activations.hpp"
-#include "config.hpp"
-#include "ops/attention.hpp"
-#include "ops/embedding.hpp"
-#include "ops/geglu.hpp"
-#include "ops/linear.hpp"
-#include "ops/rmsnorm.hpp"
-#include "ops/rope.hpp"
-#include "parameters.hpp"
+#include <gemma3/core/activations.hpp>
+#include <gemma3/core/config.hpp>
+#include <gemma3/ops/attention.hpp>
+#include <gemma3/ops/embedding.hpp>
+#include <gemma3/ops/geglu.hpp>
+#include <gemma3/ops/linear.hpp>
+#include <gemma3/ops/rmsnorm.hpp>
+#include <gemma3/ops/rope.hpp>
+#include <gemma3/core/parameters.hpp>
 
 #include <cmath>
 #include <span>

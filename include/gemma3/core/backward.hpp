@@ -10,9 +10,9 @@
 // Weight gradients accumulate (+=) into `grads`, so micro-batches of one optimizer step add up.
 #pragma once
 
-#include "activations.hpp"
-#include "forward.hpp"
-#include "ops/cross_entropy.hpp"
+#include <gemma3/core/activations.hpp>
+#include <gemma3/core/forward.hpp>
+#include <gemma3/ops/cross_entropy.hpp>
 
 #include <cmath>
 #include <span>

@@ -2,8 +2,8 @@
 // backward pass. Rows are tokens, batch-major (row b*seq + t).
 #pragma once
 
-#include "config.hpp"
-#include "tensor.hpp"
+#include <gemma3/core/config.hpp>
+#include <gemma3/core/tensor.hpp>
 
 #include <cstdint>
 #include <vector>
