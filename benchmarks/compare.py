@@ -81,7 +81,7 @@ def main():
     fpt = flops_per_token(cfg, a.seq)
     for threads in [int(t) for t in a.threads.split(",")]:
         # One thread pinned to one core (ratios that survive a busy second core), or all threads
-        # unpinned. PyTorch gets the tuning machine-notes recommends: OMP_WAIT_POLICY=PASSIVE.
+        # unpinned. PyTorch gets the tuning docs/design.md §4 recommends: OMP_WAIT_POLICY=PASSIVE.
         pin = ["taskset", "-c", "0"] if threads == 1 else []
         ours_env = {"OMP_NUM_THREADS": str(threads)}
         torch_env = {"OMP_NUM_THREADS": str(threads), "OMP_WAIT_POLICY": "PASSIVE"}
