@@ -281,7 +281,7 @@ void packed_matvec(benchmark::State& state) {
             case 0: gemm(const_view(x.data(), 1, in), Op::none, wv, Op::transpose, matrix_view(y.data(), 1, out)); break;
             case 1:
 #ifdef GEMMA3_HAVE_ONEDNN
-                detail::onednn_matmul(dnnl::memory::data_type::f32, x.data(), false, in, w.data(), true, in, y.data(), out, 1,
+                detail::onednn_matmul(dnnl_f32, x.data(), false, in, w.data(), true, in, y.data(), out, 1,
                                       out, in, 1.0f, 0.0f);
 #else
                 state.SkipWithError("built without oneDNN");

@@ -17,7 +17,9 @@
 
 #include <cblas.h>
 #ifdef GEMMA3_HAVE_ONEDNN
-#include <dnnl.hpp>
+// oneDNN's C API: its C++ header (dnnl.hpp) crashes the front end of nvcc 13 in C++20 mode, and the
+// CUDA translation units include this header for the CPU reference model.
+#include <dnnl.h>
 #endif
 
 #include <algorithm>
@@ -29,6 +31,7 @@
 #include <string>
 #include <type_traits>
 #include <unordered_map>
+#include <utility>
 
 namespace gemma3 {
 
@@ -44,8 +47,49 @@ inline std::string gemm_engine_name();
 namespace detail {
 
 #ifdef GEMMA3_HAVE_ONEDNN
-inline const dnnl::engine& onednn_engine() {
-    static const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+// Throws naming the oneDNN call that failed.
+inline void onednn_check(dnnl_status_t status, const char* call) {
+    if (status != dnnl_success) {
+        throw std::runtime_error(std::string("oneDNN: ") + call + " failed with status " +
+                                 std::to_string(static_cast<int>(status)));
+    }
+}
+
+// Owns a oneDNN handle (primitive, stream, memory, ...) and destroys it with `destroy`.
+template <class Handle, dnnl_status_t (*destroy)(Handle)>
+class OnednnHandle {
+public:
+    OnednnHandle() = default;
+    explicit OnednnHandle(Handle h) : h_(h) {}
+    OnednnHandle(OnednnHandle&& other) noexcept : h_(std::exchange(other.h_, nullptr)) {}
+    OnednnHandle& operator=(OnednnHandle&& other) noexcept {
+        std::swap(h_, other.h_);
+        return *this;
+    }
+    OnednnHandle(const OnednnHandle&) = delete;
+    OnednnHandle& operator=(const OnednnHandle&) = delete;
+    ~OnednnHandle() {
+        if (h_) destroy(h_);
+    }
+    Handle get() const { return h_; }
+
+private:
+    Handle h_ = nullptr;
+};
+using OnednnPrimitive = OnednnHandle<dnnl_primitive_t, dnnl_primitive_destroy>;
+using OnednnPrimitiveDesc = OnednnHandle<dnnl_primitive_desc_t, dnnl_primitive_desc_destroy>;
+using OnednnAttr = OnednnHandle<dnnl_primitive_attr_t, dnnl_primitive_attr_destroy>;
+using OnednnPostOps = OnednnHandle<dnnl_post_ops_t, dnnl_post_ops_destroy>;
+using OnednnStream = OnednnHandle<dnnl_stream_t, dnnl_stream_destroy>;
+using OnednnMemory = OnednnHandle<dnnl_memory_t, dnnl_memory_destroy>;
+
+// The CPU engine, made once and kept for the life of the process (oneDNN's primitives refer to it).
+inline dnnl_engine_t onednn_engine() {
+    static const dnnl_engine_t engine = [] {
+        dnnl_engine_t e = nullptr;
+        onednn_check(dnnl_engine_create(&e, dnnl_cpu, 0), "dnnl_engine_create");
+        return e;
+    }();
     return engine;
 }
 
@@ -61,12 +105,19 @@ struct MatmulKeyHash {
     }
 };
 
+// A row-major [rows, cols] matrix with leading dimension ld, or its transpose view.
+inline dnnl_memory_desc_t onednn_matrix(Index rows, Index cols, dnnl_data_type_t type, bool transposed, Index ld) {
+    dnnl_memory_desc_t md;
+    const dnnl_dims_t dims = {rows, cols};
+    const dnnl_dims_t strides = {transposed ? 1 : ld, transposed ? ld : 1};
+    onednn_check(dnnl_memory_desc_init_by_strides(&md, 2, dims, type, strides), "dnnl_memory_desc_init_by_strides");
+    return md;
+}
+
 // c [m, n] (fp32, row-major, stride ldc) = alpha op(a) op(b) + beta c, with
-// op(a) [m, k] and op(b) [k, n] of element type `in` (f32 or bf16).
-inline void onednn_matmul(dnnl::memory::data_type in, const void* a, bool trans_a, Index lda, const void* b,
-                          bool trans_b, Index ldb, float* c, Index ldc, Index m, Index n, Index k, float alpha,
-                          float beta) {
-    using dt = dnnl::memory::data_type;
+// op(a) [m, k] and op(b) [k, n] of element type `in` (dnnl_f32 or dnnl_bf16).
+inline void onednn_matmul(dnnl_data_type_t in, const void* a, bool trans_a, Index lda, const void* b, bool trans_b,
+                          Index ldb, float* c, Index ldc, Index m, Index n, Index k, float alpha, float beta) {
     std::uint32_t alpha_bits, beta_bits;
     static_assert(sizeof(float) == sizeof(std::uint32_t));
     std::memcpy(&alpha_bits, &alpha, sizeof alpha);
@@ -74,28 +125,52 @@ inline void onednn_matmul(dnnl::memory::data_type in, const void* a, bool trans_
     const MatmulKey key{{m, n, k, lda, ldb, ldc,
                          (trans_a ? 1 : 0) | (trans_b ? 2 : 0) | (static_cast<std::int64_t>(in) << 2),
                          (static_cast<std::int64_t>(alpha_bits) << 32) | beta_bits}};
-    thread_local std::unordered_map<MatmulKey, dnnl::matmul, MatmulKeyHash> cache;
+    const dnnl_memory_desc_t a_md = onednn_matrix(m, k, in, trans_a, lda);
+    const dnnl_memory_desc_t b_md = onednn_matrix(k, n, in, trans_b, ldb);
+    const dnnl_memory_desc_t c_md = onednn_matrix(m, n, dnnl_f32, false, ldc);
+    const auto engine = onednn_engine();
+    thread_local std::unordered_map<MatmulKey, OnednnPrimitive, MatmulKeyHash> cache;
     auto it = cache.find(key);
-    const dnnl::memory::desc a_md({m, k}, in, trans_a ? dnnl::memory::dims{1, lda} : dnnl::memory::dims{lda, 1});
-    const dnnl::memory::desc b_md({k, n}, in, trans_b ? dnnl::memory::dims{1, ldb} : dnnl::memory::dims{ldb, 1});
-    const dnnl::memory::desc c_md({m, n}, dt::f32, dnnl::memory::dims{ldc, 1});
-    const auto& engine = onednn_engine();
     if (it == cache.end()) {
-        dnnl::primitive_attr attr;
-        if (alpha != 1.0f) attr.set_output_scales(0, {alpha});
-        if (beta != 0.0f) {
-            dnnl::post_ops ops;
-            ops.append_sum(beta);
-            attr.set_post_ops(ops);
+        dnnl_primitive_attr_t raw_attr = nullptr;
+        onednn_check(dnnl_primitive_attr_create(&raw_attr), "dnnl_primitive_attr_create");
+        const OnednnAttr attr(raw_attr);
+        if (alpha != 1.0f) {
+            onednn_check(dnnl_primitive_attr_set_output_scales(attr.get(), 1, 0, &alpha),
+                         "dnnl_primitive_attr_set_output_scales");
         }
-        const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md, b_md, c_md), attr, engine);
-        it = cache.emplace(key, dnnl::matmul(pd)).first;
+        if (beta != 0.0f) {
+            dnnl_post_ops_t raw_ops = nullptr;
+            onednn_check(dnnl_post_ops_create(&raw_ops), "dnnl_post_ops_create");
+            const OnednnPostOps ops(raw_ops);
+            onednn_check(dnnl_post_ops_append_sum(ops.get(), beta), "dnnl_post_ops_append_sum");
+            onednn_check(dnnl_primitive_attr_set_post_ops(attr.get(), ops.get()), "dnnl_primitive_attr_set_post_ops");
+        }
+        dnnl_matmul_desc_t desc;
+        onednn_check(dnnl_matmul_desc_init(&desc, &a_md, &b_md, nullptr, &c_md), "dnnl_matmul_desc_init");
+        dnnl_primitive_desc_t raw_pd = nullptr;
+        onednn_check(dnnl_primitive_desc_create(&raw_pd, &desc, attr.get(), engine, nullptr),
+                     "dnnl_primitive_desc_create (matmul)");
+        const OnednnPrimitiveDesc pd(raw_pd);
+        dnnl_primitive_t primitive = nullptr;
+        onednn_check(dnnl_primitive_create(&primitive, pd.get()), "dnnl_primitive_create (matmul)");
+        it = cache.emplace(key, OnednnPrimitive(primitive)).first;
     }
-    thread_local dnnl::stream stream(engine);
-    it->second.execute(stream, {{DNNL_ARG_SRC, dnnl::memory(a_md, engine, const_cast<void*>(a))},
-                                {DNNL_ARG_WEIGHTS, dnnl::memory(b_md, engine, const_cast<void*>(b))},
-                                {DNNL_ARG_DST, dnnl::memory(c_md, engine, c)}});
-    stream.wait();
+    thread_local const OnednnStream stream = [&] {
+        dnnl_stream_t s = nullptr;
+        onednn_check(dnnl_stream_create(&s, engine, dnnl_stream_default_flags), "dnnl_stream_create");
+        return OnednnStream(s);
+    }();
+    const auto wrap = [&](const dnnl_memory_desc_t& md, const void* data) {
+        dnnl_memory_t memory = nullptr;
+        onednn_check(dnnl_memory_create(&memory, &md, engine, const_cast<void*>(data)), "dnnl_memory_create");
+        return OnednnMemory(memory);
+    };
+    const OnednnMemory a_mem = wrap(a_md, a), b_mem = wrap(b_md, b), c_mem = wrap(c_md, c);
+    const dnnl_exec_arg_t args[] = {
+        {DNNL_ARG_SRC, a_mem.get()}, {DNNL_ARG_WEIGHTS, b_mem.get()}, {DNNL_ARG_DST, c_mem.get()}};
+    onednn_check(dnnl_primitive_execute(it->second.get(), stream.get(), 3, args), "dnnl_primitive_execute (matmul)");
+    onednn_check(dnnl_stream_wait(stream.get()), "dnnl_stream_wait");
 }
 #endif
 
@@ -137,7 +212,7 @@ void gemm(const A& a, Op op_a, const B& b, Op op_b, C&& c, typename std::remove_
     }
     if constexpr (std::is_same_v<In, bf16>) {
 #ifdef GEMMA3_HAVE_ONEDNN
-        detail::onednn_matmul(dnnl::memory::data_type::bf16, a.data(), op_a == Op::transpose, a.outerStride(), b.data(),
+        detail::onednn_matmul(dnnl_bf16, a.data(), op_a == Op::transpose, a.outerStride(), b.data(),
                               op_b == Op::transpose, b.outerStride(), c.data(), c.outerStride(), m, n, k, alpha, beta);
 #else
         // Without oneDNN: widen to float (exact) and multiply in float, the same arithmetic.
@@ -167,7 +242,7 @@ void gemm(const A& a, Op op_a, const B& b, Op op_b, C&& c, typename std::remove_
         const auto ldc = static_cast<blasint>(c.outerStride());
         if constexpr (std::is_same_v<T, float>) {
 #ifdef GEMMA3_HAVE_ONEDNN
-            detail::onednn_matmul(dnnl::memory::data_type::f32, a.data(), op_a == Op::transpose, a.outerStride(),
+            detail::onednn_matmul(dnnl_f32, a.data(), op_a == Op::transpose, a.outerStride(),
                                   b.data(), op_b == Op::transpose, b.outerStride(), c.data(), c.outerStride(), m, n, k,
                                   alpha, beta);
 #else
@@ -184,18 +259,18 @@ void gemm(const A& a, Op op_a, const B& b, Op op_b, C&& c, typename std::remove_
 inline std::string gemm_engine_name() {
 #ifdef GEMMA3_HAVE_ONEDNN
     const char* isa = "unknown";
-    switch (dnnl::get_effective_cpu_isa()) {
-        case dnnl::cpu_isa::sse41: isa = "sse41"; break;
-        case dnnl::cpu_isa::avx: isa = "avx"; break;
-        case dnnl::cpu_isa::avx2: isa = "avx2"; break;
-        case dnnl::cpu_isa::avx512_core: isa = "avx512_core"; break;
-        case dnnl::cpu_isa::avx512_core_vnni: isa = "avx512_core_vnni"; break;
-        case dnnl::cpu_isa::avx512_core_bf16: isa = "avx512_core_bf16"; break;
-        case dnnl::cpu_isa::avx512_core_amx: isa = "avx512_core_amx"; break;
-        case dnnl::cpu_isa::avx2_vnni: isa = "avx2_vnni"; break;
+    switch (dnnl_get_effective_cpu_isa()) {
+        case dnnl_cpu_isa_sse41: isa = "sse41"; break;
+        case dnnl_cpu_isa_avx: isa = "avx"; break;
+        case dnnl_cpu_isa_avx2: isa = "avx2"; break;
+        case dnnl_cpu_isa_avx512_core: isa = "avx512_core"; break;
+        case dnnl_cpu_isa_avx512_core_vnni: isa = "avx512_core_vnni"; break;
+        case dnnl_cpu_isa_avx512_core_bf16: isa = "avx512_core_bf16"; break;
+        case dnnl_cpu_isa_avx512_core_amx: isa = "avx512_core_amx"; break;
+        case dnnl_cpu_isa_avx2_vnni: isa = "avx2_vnni"; break;
         default: break;
     }
-    const auto* v = dnnl::version();
+    const auto* v = dnnl_version();
     return "oneDNN " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch) +
            " (" + isa + ")";
 #else
@@ -207,8 +282,8 @@ inline std::string gemm_engine_name() {
 // (AVX512_BF16 or AMX); without them it would emulate bf16 at a fraction of the fp32 rate.
 inline bool cpu_has_native_bf16() {
 #ifdef GEMMA3_HAVE_ONEDNN
-    const auto isa = dnnl::get_effective_cpu_isa();
-    return isa == dnnl::cpu_isa::avx512_core_bf16 || isa == dnnl::cpu_isa::avx512_core_amx;
+    const auto isa = dnnl_get_effective_cpu_isa();
+    return isa == dnnl_cpu_isa_avx512_core_bf16 || isa == dnnl_cpu_isa_avx512_core_amx;
 #else
     return false;
 #endif
