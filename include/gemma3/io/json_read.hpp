@@ -272,12 +272,12 @@ template <std::integral T>
 std::optional<T> to_integer(const json& value, T low, T high, std::string& why) {
     if (value.is_number_unsigned()) {
         const auto u = value.get<std::uint64_t>();
-        if (high < 0 || u > static_cast<std::uint64_t>(high)) {
+        if (std::cmp_greater(u, high)) {  // also when high < 0
             why = "is out of range";
             return std::nullopt;
         }
         const auto n = static_cast<T>(u);  // fits: 0 <= u <= high
-        if (n < low) {
+        if (std::cmp_less(n, low)) {
             why = "is out of range";
             return std::nullopt;
         }
