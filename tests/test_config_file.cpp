@@ -6,6 +6,8 @@
 #include <gemma3/io/config_file.hpp>
 #include <gemma3/core/configs.hpp>
 
+#include "config_test_support.hpp"
+
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -17,26 +19,14 @@
 #include "generated_tiny.hpp"
 
 using namespace gemma3;
+using gemma3::test::config_error_of;
+using gemma3::test::contains;
 using nlohmann::json;
 
 namespace {
 
 const std::string source_dir = GEMMA3_SOURCE_DIR;
 const std::string data_dir = std::string(GEMMA3_TEST_DATA_DIR) + "/configs";
-
-// The ConfigError a call throws; fails the test when it throws nothing.
-template <class F>
-ConfigError config_error_of(F&& call) {
-    try {
-        call();
-    } catch (const ConfigError& e) {
-        return e;
-    }
-    FAIL("expected a ConfigError, but nothing was thrown");
-    return ConfigError({});
-}
-
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
 
 void check_every_line_names(const ConfigError& e, const std::string& file) {
     for (const auto& line : e.problems()) {

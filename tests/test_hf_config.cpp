@@ -7,6 +7,8 @@
 #include <gemma3/io/config_header.hpp>
 #include <gemma3/io/hf_config.hpp>
 
+#include "config_test_support.hpp"
+
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -20,33 +22,15 @@
 #include "hf_mqa_untied.hpp"
 
 using namespace gemma3;
+using gemma3::test::config_error_of;
+using gemma3::test::contains;
+using gemma3::test::printable_ascii;
 using nlohmann::json;
 
 namespace {
 
 const std::string data_dir = std::string(GEMMA3_TEST_DATA_DIR) + "/configs";
 const std::string findings_dir = data_dir + "/fuzz_findings";
-
-template <class F>
-ConfigError config_error_of(F&& call) {
-    try {
-        call();
-    } catch (const ConfigError& e) {
-        return e;
-    }
-    FAIL("expected a ConfigError, but nothing was thrown");
-    return ConfigError({});
-}
-
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
-
-bool printable_ascii(const std::string& text) {
-    for (char c : text) {
-        const auto b = static_cast<unsigned char>(c);
-        if ((b < 0x20 && c != '\n') || b >= 0x7f) return false;
-    }
-    return true;
-}
 
 std::filesystem::path temp_file(const std::string& name, const std::string& contents) {
     const auto path = std::filesystem::temp_directory_path() / ("gemma3_test_hf_config_" + std::to_string(::getpid()) + "_" + name);

@@ -5,6 +5,8 @@
 #include <gemma3/io/config_file.hpp>
 #include <gemma3/io/json_read.hpp>
 
+#include "config_test_support.hpp"
+
 #include <cstdint>
 #include <filesystem>
 #include <limits>
@@ -13,6 +15,8 @@
 #include <vector>
 
 using namespace gemma3;
+using gemma3::test::contains;
+using gemma3::test::printable_ascii;
 using json_read::json;
 
 namespace {
@@ -31,16 +35,6 @@ std::string message_of(F&& call) {
     }
     FAIL("expected an exception, but nothing was thrown");
     return {};
-}
-
-bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
-
-bool printable_ascii(const std::string& text) {
-    for (char c : text) {
-        const auto b = static_cast<unsigned char>(c);
-        if ((b < 0x20 && c != '\n') || b >= 0x7f) return false;
-    }
-    return true;
 }
 
 std::string nested_arrays(std::size_t depth) { return std::string(depth, '[') + std::string(depth, ']'); }
