@@ -1,14 +1,15 @@
 // The config types the command-line programs are compiled for, and the run-time choice among them.
 //
 // Shapes are compile-time constants, so a program can only run architectures it was compiled for:
-// the shipped ones (configs.hpp) and those listed in CMake's GEMMA3_TRAINER_CONFIGS (generated into
-// trainer_configs.hpp). `with_compiled_config` finds the type that matches a model config file.
+// the shipped ones (configs.hpp) named in CMake's GEMMA3_PROGRAM_SHIPPED_CONFIGS (all three by
+// default) and those listed in GEMMA3_TRAINER_CONFIGS, generated into trainer_configs.hpp.
+// `with_compiled_config` finds the type that matches a model config file.
 #pragma once
 
 #include <gemma3/io/config_file.hpp>
 #include <gemma3/core/configs.hpp>
 
-#include "trainer_configs.hpp"  // generated: using TrainerConfigs = std::tuple<...>
+#include "trainer_configs.hpp"  // generated: using CompiledConfigTypes = std::tuple<...>
 
 #include <string>
 #include <tuple>
@@ -16,8 +17,7 @@
 
 namespace gemma3::programs {
 
-using CompiledConfigs = decltype(std::tuple_cat(
-    std::tuple<configs::Gemma3_270M, configs::Gemma3_270M_Tied, configs::Gemma3Tiny>{}, TrainerConfigs{}));
+using CompiledConfigs = ::CompiledConfigTypes;
 
 template <class C>
 bool matches(const ModelConfigFile& file) {
