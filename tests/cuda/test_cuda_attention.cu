@@ -1,7 +1,8 @@
 // Attention on the device (include/gemma3/cuda/ops/attention.cuh) against the CPU attention in
-// double (include/gemma3/ops/attention.hpp): the training path (cuBLASLt products and the fused
-// masked softmax, forward and backward) and the flash kernel for long prompts, with causal and
-// sliding-window masks and grouped / multi-query heads.
+// double (include/gemma3/ops/attention.hpp): the exact path (cuBLASLt products and the fused
+// masked softmax, forward and backward) and the tiled flash kernels (forward with log-sum-exps,
+// backward; also against the exact CUDA path), with causal and sliding-window masks and grouped /
+// multi-query heads.
 //
 // Bounds, first order in the roundings (u_b = 2^-8, u_f = 2^-24, u_g = 2^-23 per operation of a
 // cuBLASLt fp32 accumulation, which may truncate), computed per element from the reference values:
@@ -16,6 +17,11 @@
 //    add their fp32 summation error (terms + 2) u_g sum of magnitudes.
 //  - flash: P is never rounded to bf16 and the online softmax rescales in fp32, so
 //    |error| <= (2 E_i + (T + head_dim + 64) u_f) sum_j P_ij |v_j| + u_b |out|.
+//  - flash training (check_flash_training): the log-sum-exp is within E_i + (T + 64 + 4 S_i) u_f
+//    (S_i = max_j |s_ij| + |lse_i|); the backward's recomputed P within rho_i = 2 E_i +
+//    (T + head_dim + 64 + 8 S_i) u_f relative; delta_i = dO_i . O_i reads the bf16 output (its
+//    forward bound times |dO|, plus an fp32 sum); dS stays fp32 and every sum is a plain fp32 loop
+//    (u_f per term instead of u_g), otherwise as the backward above (backward_bounds).
 #include "kernel_test_support.hpp"
 
 #include <gemma3/cuda/ops/attention.cuh>

@@ -7,18 +7,27 @@
 // i - window < j <= i (window = 0: every j <= i); scores are scaled by `scale`.
 //
 // Two implementations:
-//  - Training lengths (attention_forward / attention_backward): for each head, one cuBLASLt
-//    strided-batched product over the sequences computes S = scale * Q K^T (fp32), a fused kernel
-//    applies the mask and the softmax in one warp per row and writes P (bf16, kept for the
-//    backward), and a second product gives O = P V. The backward is four products per head and one
-//    kernel for dS = P * (dP - rowsum(dP * P)); the query heads of a group add their dK and dV in a
-//    fixed order (beta = 1), so the result is deterministic. Memory is O(batch * heads * T^2).
-//  - Long prompts (flash_attention_forward, inference only): a tiled kernel with an online softmax.
-//    A block takes 16 query rows of one (sequence, head), walks the visible keys 32 at a time
-//    through shared memory, and keeps the running max, sum and output of each row in registers.
-//    Nothing of size T^2 exists, so memory is O(T); a sliding layer only visits its window. It is
-//    plain CUDA C++ (no tensor-core mma, which the emulator cannot run): a later session can swap
-//    in an mma.sync version, tested against the same references.
+//  - Exact (attention_forward / attention_backward): for each head, one cuBLASLt strided-batched
+//    product over the sequences computes S = scale * Q K^T (fp32), a fused kernel applies the mask
+//    and the softmax in one warp per row and writes P (bf16, kept for the backward), and a second
+//    product gives O = P V. The backward is four products per head and one kernel for
+//    dS = P * (dP - rowsum(dP * P)); the query heads of a group add their dK and dV in a fixed order
+//    (beta = 1), so the result is deterministic. Memory is O(batch * heads * T^2). The model uses it
+//    only for inference on request (AttentionPath::matrix_products); it is the tiled kernels' test
+//    reference.
+//  - Tiled (flash_attention_forward / flash_attention_backward, what the model trains with): the
+//    FlashAttention-2 scheme, the twin of the CPU's tiled ops. The forward takes 16 query rows of
+//    one (sequence, head) per block, walks the visible keys 32 at a time through shared memory, and
+//    keeps the running max, sum and output of each row in registers; for training it writes each
+//    row's log-sum-exp (fp32, [batch, heads, seq]). The backward computes delta = rowsum(dO * O),
+//    then recomputes P = exp(scale q k^T - lse) in 16 x 16 tiles twice: one kernel per (query tile,
+//    head) sums dQ over its key tiles, one per (key tile, kv head) sums dK and dV over the query
+//    heads of its group and the query tiles that see its keys; every output element is summed by
+//    one thread in a fixed order (deterministic, no atomics). Nothing of size T^2 exists, so memory
+//    is O(T); a sliding layer only visits the key tiles of its window band (work O(T * W)), a full
+//    layer O(T^2). P and dS stay fp32. Plain CUDA C++ (no tensor-core mma, which the emulator
+//    cannot run): a later session can swap in an mma.sync version, tested against the same
+//    references.
 #pragma once
 
 #include "common.cuh"
