@@ -22,8 +22,10 @@
 //
 // Memory: the weights, one arena of activations sized for the last (batch, seq, mode), and a logits
 // chunk of at most 2^25 elements (the full batch x vocab logits never exist on the device).
-// Attention at training lengths keeps the bf16 probabilities per layer (batch x heads x seq^2);
-// inference on long prompts switches to the O(seq) flash kernel (see AttentionPath).
+// Attention runs the tiled flash kernels (cuda/ops/attention.cuh): training keeps one fp32
+// log-sum-exp per (sequence, head, query) per layer and its backward recomputes the probabilities
+// tile by tile, so no buffer of batch x heads x seq^2 exists. Inference may ask for the exact
+// matrix-product path instead (see AttentionPath), which needs seq^2 scratch.
 #pragma once
 
 #if defined(__CUDACC__) && !defined(EIGEN_NO_CUDA)
@@ -84,12 +86,13 @@ private:
     DeviceBuffer<float> buffer_;
 };
 
-// Where attention runs when the model only infers (forward, loss). Training always uses the
-// matrix products (the backward needs the probabilities).
+// Where attention runs when the model only infers (forward, loss). Training always runs the flash
+// kernels (forward with log-sum-exps, tiled backward); so does inference by default, which makes
+// loss() give the training forward's bits.
 enum class AttentionPath {
-    automatic,        // flash when batch * heads * seq^2 > 2^25 (128 MiB of fp32 scores), else products
-    matrix_products,  // cuBLASLt QK^T and PV with the fused masked softmax
-    flash,            // the tiled online-softmax kernel (head_dim <= 256)
+    automatic,        // flash (the training path)
+    matrix_products,  // cuBLASLt QK^T and PV with the fused masked softmax (seq^2 scratch)
+    flash,            // the tiled online-softmax kernel (even head_dim <= 256)
 };
 
 namespace model_detail {
@@ -121,7 +124,8 @@ struct BlockActivations {
     float* k_rstd = nullptr;  // [N * Hk]
     bf16* q_rot = nullptr;    // [N, q]
     bf16* k_rot = nullptr;    // [N, kv]
-    bf16* probs = nullptr;    // [B, H, T, T] (training; shared scratch otherwise)
+    bf16* probs = nullptr;    // [B, H, T, T] (inference on the products path; shared scratch)
+    float* lse = nullptr;     // [B, H, T] log-sum-exps of the flash forward (training)
     bf16* attn = nullptr;     // [N, q]
     bf16* attn_proj = nullptr;
     float* attn_proj_rstd = nullptr;
@@ -142,8 +146,7 @@ struct BackwardScratch {
     float* d_mlp_in = nullptr;                  // [N, D]
     bf16* d_attn_proj = nullptr;                // [N, D]
     bf16* d_attn = nullptr;                     // [N, q]
-    float* d_probs = nullptr;                   // [B, H, T, T]
-    bf16* d_scores = nullptr;                   // [B, H, T, T]
+    float* delta = nullptr;                     // [B, H, T] dO . O of the flash backward
     float *dq = nullptr, *dk = nullptr, *dv = nullptr;
     bf16* d_qkv = nullptr;      // [N, q + 2 kv]
     float* d_attn_in = nullptr;  // [N, D]; also dh of the head
@@ -273,18 +276,19 @@ private:
     // sqrt(emb_dim) in fp32, as the CPU model rounds it (docs/model.md §3.1).
     static float embedding_scale() { return static_cast<float>(std::sqrt(static_cast<double>(Dims::model))); }
 
-    bool use_flash(Index batch, Index seq, Mode mode) const {
-        if constexpr (Dims::head > 256 || Dims::head % 2 != 0) {
+    // The flash kernels take an even head_dim up to 256 (their shared-memory tiles).
+    static constexpr bool flash_capable = Dims::head <= 256 && Dims::head % 2 == 0;
+
+    bool use_flash(Mode mode) const {
+        if constexpr (!flash_capable) {
+            if (mode == Mode::training) {
+                throw std::invalid_argument("Model<C, Cuda>::forward_backward: training needs the flash attention kernels, "
+                                            "which take an even head_dim up to 256 (head_dim " +
+                                            std::to_string(Dims::head) + ")");
+            }
             return false;
         } else {
-            if (mode == Mode::training) return false;
-            switch (attention_path_) {
-                case cuda::AttentionPath::flash: return true;
-                case cuda::AttentionPath::matrix_products: return false;
-                case cuda::AttentionPath::automatic: break;
-            }
-            return static_cast<double>(batch) * Dims::heads * static_cast<double>(seq) * static_cast<double>(seq) >
-                   static_cast<double>(std::int64_t{1} << 25);
+            return mode == Mode::training || attention_path_ != cuda::AttentionPath::matrix_products;
         }
     }
 
@@ -296,7 +300,7 @@ private:
         }
         // A training arena serves inference of the same shape too (it holds every buffer inference
         // needs), so evaluating between training steps does not reallocate.
-        flash_ = use_flash(batch, seq, mode);
+        flash_ = use_flash(mode);
         const bool fits = shape_.batch == batch && shape_.seq == seq &&
                           (shape_.mode == Mode::training || mode == Mode::inference) && (flash_ || !shape_.flash);
         if (!fits) allocate(Shape{batch, seq, mode, flash_});
@@ -337,6 +341,7 @@ private:
         const auto n = static_cast<std::size_t>(s.batch * s.seq);
         const std::size_t d = Dims::model, f = Dims::ffn, q = Dims::q, kv = Dims::kv, qkv = Dims::qkv;
         const std::size_t scores = static_cast<std::size_t>(s.batch) * Dims::heads * static_cast<std::size_t>(s.seq * s.seq);
+        const std::size_t attention_rows = static_cast<std::size_t>(s.batch) * Dims::heads * static_cast<std::size_t>(s.seq);
         const bool training = s.mode == Mode::training;
         tokens_ = arena.take<int>(n);
         targets_ = arena.take<int>(n);
@@ -344,7 +349,7 @@ private:
         segment_offsets_ = arena.take<int>(n + 1);
         segment_order_ = arena.take<int>(n);
         for (int l = 0; l <= Dims::layers; ++l) residual_[static_cast<std::size_t>(l)] = arena.take<float>(n * d);
-        bf16* shared_probs = !training && !s.flash ? arena.take<bf16>(scores) : nullptr;
+        bf16* shared_probs = s.flash ? nullptr : arena.take<bf16>(scores);  // training is always flash
         scores_ = s.flash ? nullptr : arena.take<float>(scores);
         for (int l = 0; l < Dims::layers; ++l) {
             auto& a = blocks_[static_cast<std::size_t>(l)];
@@ -356,7 +361,8 @@ private:
             a.k_rstd = arena.take<float>(n * Dims::kv_heads);
             a.q_rot = arena.take<bf16>(n * q);
             a.k_rot = arena.take<bf16>(n * kv);
-            a.probs = training ? arena.take<bf16>(scores) : shared_probs;
+            a.probs = shared_probs;
+            a.lse = training ? arena.take<float>(attention_rows) : nullptr;
             a.attn = arena.take<bf16>(n * q);
             a.attn_proj = arena.take<bf16>(n * d);
             a.attn_proj_rstd = arena.take<float>(n);
@@ -389,8 +395,7 @@ private:
             scratch_.d_mlp_in = arena.take<float>(n * d);
             scratch_.d_attn_proj = arena.take<bf16>(n * d);
             scratch_.d_attn = arena.take<bf16>(n * q);
-            scratch_.d_probs = arena.take<float>(scores);
-            scratch_.d_scores = arena.take<bf16>(scores);
+            scratch_.delta = arena.take<float>(attention_rows);
             scratch_.dq = arena.take<float>(n * q);
             scratch_.dk = arena.take<float>(n * kv);
             scratch_.dv = arena.take<float>(n * kv);
@@ -472,8 +477,8 @@ private:
         }
         const bf16* v = a.qkv + Q + KV;
         if (flash_) {
-            if constexpr (DH <= 256 && DH % 2 == 0) {
-                cuda::flash_attention_forward<DH>(stream_, attention_shape(layer), a.q_rot, Q, a.k_rot, KV, v, QKV, a.attn, Q);
+            if constexpr (flash_capable) {
+                cuda::flash_attention_forward<DH>(stream_, attention_shape(layer), a.q_rot, Q, a.k_rot, KV, v, QKV, a.attn, Q, a.lse);
             }
         } else {
             cuda::attention_forward(*gemm_, stream_, attention_shape(layer), a.q_rot, Q, a.k_rot, KV, v, QKV, scores_, a.probs, a.attn,
@@ -555,8 +560,10 @@ private:
         cuda::linear_backward(*gemm_, stream_, view(a.attn, n, Q), view<bf16>(w.o_proj, D, Q), view(s.d_attn_proj, n, D),
                               mutable_view(s.d_attn, n, Q), cuda::matrix_view(g.o_proj, D, Q, Q));
         const bf16* v = a.qkv + Q + KV;
-        cuda::attention_backward(*gemm_, stream_, attention_shape(layer), a.q_rot, Q, a.k_rot, KV, v, QKV, a.probs, s.d_attn, Q,
-                                 s.d_probs, s.d_scores, s.dq, Q, s.dk, KV, s.dv, KV);
+        if constexpr (flash_capable) {  // training is refused otherwise (use_flash)
+            cuda::flash_attention_backward<DH>(stream_, attention_shape(layer), a.q_rot, Q, a.k_rot, KV, v, QKV, a.attn, Q, a.lse,
+                                               s.d_attn, Q, s.delta, s.dq, Q, s.dk, KV, s.dv, KV);
+        }
         const auto& table = rope_table(layer);
         cuda::rope_backward<float, float>(stream_, s.dq, Q, s.dq, Q, n, H, seq, table);
         cuda::rope_backward<float, float>(stream_, s.dk, KV, s.dk, KV, n, HK, seq, table);

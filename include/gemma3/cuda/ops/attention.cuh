@@ -7,18 +7,27 @@
 // i - window < j <= i (window = 0: every j <= i); scores are scaled by `scale`.
 //
 // Two implementations:
-//  - Training lengths (attention_forward / attention_backward): for each head, one cuBLASLt
-//    strided-batched product over the sequences computes S = scale * Q K^T (fp32), a fused kernel
-//    applies the mask and the softmax in one warp per row and writes P (bf16, kept for the
-//    backward), and a second product gives O = P V. The backward is four products per head and one
-//    kernel for dS = P * (dP - rowsum(dP * P)); the query heads of a group add their dK and dV in a
-//    fixed order (beta = 1), so the result is deterministic. Memory is O(batch * heads * T^2).
-//  - Long prompts (flash_attention_forward, inference only): a tiled kernel with an online softmax.
-//    A block takes 16 query rows of one (sequence, head), walks the visible keys 32 at a time
-//    through shared memory, and keeps the running max, sum and output of each row in registers.
-//    Nothing of size T^2 exists, so memory is O(T); a sliding layer only visits its window. It is
-//    plain CUDA C++ (no tensor-core mma, which the emulator cannot run): a later session can swap
-//    in an mma.sync version, tested against the same references.
+//  - Exact (attention_forward / attention_backward): for each head, one cuBLASLt strided-batched
+//    product over the sequences computes S = scale * Q K^T (fp32), a fused kernel applies the mask
+//    and the softmax in one warp per row and writes P (bf16, kept for the backward), and a second
+//    product gives O = P V. The backward is four products per head and one kernel for
+//    dS = P * (dP - rowsum(dP * P)); the query heads of a group add their dK and dV in a fixed order
+//    (beta = 1), so the result is deterministic. Memory is O(batch * heads * T^2). The model uses it
+//    only for inference on request (AttentionPath::matrix_products); it is the tiled kernels' test
+//    reference.
+//  - Tiled (flash_attention_forward / flash_attention_backward, what the model trains with): the
+//    FlashAttention-2 scheme, the twin of the CPU's tiled ops. The forward takes 16 query rows of
+//    one (sequence, head) per block, walks the visible keys 32 at a time through shared memory, and
+//    keeps the running max, sum and output of each row in registers; for training it writes each
+//    row's log-sum-exp (fp32, [batch, heads, seq]). The backward computes delta = rowsum(dO * O),
+//    then recomputes P = exp(scale q k^T - lse) in 16 x 16 tiles twice: one kernel per (query tile,
+//    head) sums dQ over its key tiles, one per (key tile, kv head) sums dK and dV over the query
+//    heads of its group and the query tiles that see its keys; every output element is summed by
+//    one thread in a fixed order (deterministic, no atomics). Nothing of size T^2 exists, so memory
+//    is O(T); a sliding layer only visits the key tiles of its window band (work O(T * W)), a full
+//    layer O(T^2). P and dS stay fp32. Plain CUDA C++ (no tensor-core mma, which the emulator
+//    cannot run): a later session can swap in an mma.sync version, tested against the same
+//    references.
 #pragma once
 
 #include "common.cuh"
@@ -97,7 +106,7 @@ template <int kHeadDim>
 __global__ void __launch_bounds__(flash_threads)
     flash_attention_forward_kernel(const bf16* __restrict__ q, std::int64_t q_ld, const bf16* __restrict__ k,
                                    std::int64_t k_ld, const bf16* __restrict__ v, std::int64_t v_ld, bf16* __restrict__ out,
-                                   std::int64_t out_ld, int seq, int heads_per_kv, int window, float scale) {
+                                   std::int64_t out_ld, float* __restrict__ lse, int seq, int heads_per_kv, int window, float scale) {
     static_assert(kHeadDim % 2 == 0 && kHeadDim <= 256, "flash attention: even head_dim up to 256 (static shared memory)");
     constexpr int kPairs = kHeadDim / 2;
     constexpr int kWarps = flash_threads / 32;
@@ -200,6 +209,9 @@ __global__ void __launch_bounds__(flash_threads)
         const int i = i0 + warp * kRowsPerWarp + r;
         if (i >= seq) continue;
         const float inv = 1.0f / total;
+        if (lse != nullptr && lane == 0) {
+            lse[(static_cast<std::int64_t>(blockIdx.z) * static_cast<std::int64_t>(gridDim.y) + head) * seq + i] = running_max[r] + logf(total);
+        }
         bf16* o = out + (first_token + i) * out_ld + static_cast<std::int64_t>(head) * kHeadDim;
 #pragma unroll
         for (int pp = 0; pp < kPairsPerLane; ++pp) {
@@ -207,6 +219,259 @@ __global__ void __launch_bounds__(flash_threads)
             if (pair < kPairs) {
                 const float values[2] = {acc[r][pp][0] * inv, acc[r][pp][1] * inv};
                 store(o + 2 * pair, values);
+            }
+        }
+    }
+}
+
+
+// --- Tiled backward (FlashAttention-2) --------------------------------------------------------------
+// delta_i = dO_i . O_i, then two kernels that recompute P = exp(scale q k^T - lse) tile by tile:
+// one per (key tile, kv head, sequence) sums dK and dV over the query heads of its group and the
+// query tiles that see its keys, one per (query tile, head, sequence) sums dQ over its key tiles.
+// Each output element is summed by one thread in a fixed order: deterministic, no atomics.
+inline constexpr int flash_backward_rows = 16;  // query rows per tile
+inline constexpr int flash_backward_keys = 16;  // keys per tile
+
+// delta[(b * heads + h) * seq + i] = dO . O of query i, head h of sequence b; one warp per row.
+template <int kHeadDim>
+__global__ void __launch_bounds__(softmax_threads)
+    flash_attention_delta_kernel(const bf16* __restrict__ out, std::int64_t out_ld, const bf16* __restrict__ d_out,
+                                 std::int64_t d_out_ld, float* __restrict__ delta, std::int64_t rows, int seq, int heads) {
+    const int lane = static_cast<int>(threadIdx.x) % 32;
+    const std::int64_t row = static_cast<std::int64_t>(blockIdx.x) * (softmax_threads / 32) + threadIdx.x / 32;
+    if (row >= rows) return;
+    const std::int64_t token = row / heads;
+    const int head = static_cast<int>(row % heads);
+    const bf16* o = out + token * out_ld + static_cast<std::int64_t>(head) * kHeadDim;
+    const bf16* d = d_out + token * d_out_ld + static_cast<std::int64_t>(head) * kHeadDim;
+    float dot = 0.0f;
+    for (int pair = lane; pair < kHeadDim / 2; pair += 32) {
+        const unsigned ow = load_pair(o + 2 * pair), dw = load_pair(d + 2 * pair);
+        dot += low_of(ow) * low_of(dw) + high_of(ow) * high_of(dw);
+    }
+    dot = warp_sum(dot);
+    if (lane == 0) delta[((token / seq) * heads + head) * seq + token % seq] = dot;
+}
+
+// Shared-memory tiles of one backward step: bf16 pairs as 32-bit words, rows padded to an odd number
+// of words so that threads reading different rows at the same column hit different banks.
+template <int kHeadDim>
+struct FlashBackwardTiles {
+    static constexpr int pairs = kHeadDim / 2, stride = pairs | 1;
+    unsigned q[flash_backward_rows][stride];
+    unsigned d_out[flash_backward_rows][stride];
+    unsigned k[flash_backward_keys][stride];
+    unsigned v[flash_backward_keys][stride];
+    float lse[flash_backward_rows];
+    float delta[flash_backward_rows];
+    float p[flash_backward_rows][flash_backward_keys];   // probabilities
+    float ds[flash_backward_rows][flash_backward_keys];  // dS = P (dP - delta), w.r.t. the scaled scores
+};
+
+// Loads `count` rows of kHeadDim bf16 values from rows first.. of `source` into `tile` (zeros past
+// `end`, the first row not to read).
+template <int kHeadDim, int kRows>
+__device__ __forceinline__ void load_rows(unsigned (*tile)[(kHeadDim / 2) | 1], const bf16* source, std::int64_t ld, int first,
+                                          int end) {
+    constexpr int kPairs = kHeadDim / 2;
+    for (int index = static_cast<int>(threadIdx.x); index < kRows * kPairs; index += flash_threads) {
+        const int r = index / kPairs, pair = index % kPairs, i = first + r;
+        tile[r][pair] = i < end ? load_pair(source + static_cast<std::int64_t>(i) * ld + 2 * pair) : 0u;
+    }
+}
+
+// Fills t.p and t.ds for query rows i0.. and keys j0.. (the q, d_out, k, v, lse and delta tiles
+// loaded): P = exp(scale q.k - lse), exactly 0 where the key is masked or out of range.
+template <int kHeadDim>
+__device__ __forceinline__ void probability_tiles(FlashBackwardTiles<kHeadDim>& t, int i0, int j0, int seq, int window,
+                                                  float scale) {
+    constexpr int kPairs = kHeadDim / 2;
+    for (int e = static_cast<int>(threadIdx.x); e < flash_backward_rows * flash_backward_keys; e += flash_threads) {
+        const int r = e / flash_backward_keys, c = e % flash_backward_keys, i = i0 + r, j = j0 + c;
+        const bool visible = i < seq && j <= i && (window <= 0 || j > i - window);
+        float p = 0.0f, ds = 0.0f;
+        if (visible) {
+            float score = 0.0f, dp = 0.0f;
+            for (int pair = 0; pair < kPairs; ++pair) {  // the forward's order for the score
+                const unsigned qw = t.q[r][pair], kw = t.k[c][pair], dw = t.d_out[r][pair], vw = t.v[c][pair];
+                score += low_of(qw) * low_of(kw) + high_of(qw) * high_of(kw);
+                dp += low_of(dw) * low_of(vw) + high_of(dw) * high_of(vw);
+            }
+            p = __expf(score * scale - t.lse[r]);
+            ds = p * (dp - t.delta[r]);
+        }
+        t.p[r][c] = p;
+        t.ds[r][c] = ds;
+    }
+}
+
+// dK and dV (fp32, overwritten) of keys j0 = blockIdx.x * 16.. of kv head blockIdx.y in sequence
+// blockIdx.z. Grid (ceil(seq / 16), kv_heads, batch), 128 threads: warp w owns keys 4w..4w+3, lane l
+// the dimension pairs l, l + 32, ...
+template <int kHeadDim>
+__global__ void __launch_bounds__(flash_threads)
+    flash_attention_backward_kv_kernel(const bf16* __restrict__ q, std::int64_t q_ld, const bf16* __restrict__ k, std::int64_t k_ld,
+                                       const bf16* __restrict__ v, std::int64_t v_ld, const bf16* __restrict__ d_out,
+                                       std::int64_t d_out_ld, const float* __restrict__ lse, const float* __restrict__ delta,
+                                       float* __restrict__ dk, std::int64_t dk_ld, float* __restrict__ dv, std::int64_t dv_ld,
+                                       int seq, int heads, int heads_per_kv, int window, float scale) {
+    static_assert(kHeadDim % 2 == 0 && kHeadDim <= 256, "flash attention: even head_dim up to 256 (static shared memory)");
+    constexpr int kPairs = kHeadDim / 2, kPairsPerLane = (kPairs + 31) / 32;
+    constexpr int kKeysPerWarp = flash_backward_keys / (flash_threads / 32);
+    __shared__ FlashBackwardTiles<kHeadDim> t;
+
+    const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
+    const int j0 = static_cast<int>(blockIdx.x) * flash_backward_keys, kv_head = static_cast<int>(blockIdx.y);
+    const std::int64_t sequence = static_cast<std::int64_t>(blockIdx.z), first_token = sequence * seq;
+    const int key_end = min(j0 + flash_backward_keys, seq);
+    load_rows<kHeadDim, flash_backward_keys>(t.k, k + first_token * k_ld + static_cast<std::int64_t>(kv_head) * kHeadDim, k_ld, j0,
+                                             key_end);
+    load_rows<kHeadDim, flash_backward_keys>(t.v, v + first_token * v_ld + static_cast<std::int64_t>(kv_head) * kHeadDim, v_ld, j0,
+                                             key_end);
+
+    float dk_acc[kKeysPerWarp][kPairsPerLane][2], dv_acc[kKeysPerWarp][kPairsPerLane][2];
+#pragma unroll
+    for (int c = 0; c < kKeysPerWarp; ++c)
+#pragma unroll
+        for (int pp = 0; pp < kPairsPerLane; ++pp) dk_acc[c][pp][0] = dk_acc[c][pp][1] = dv_acc[c][pp][0] = dv_acc[c][pp][1] = 0.0f;
+
+    // Queries that see a key of this tile: [j0, query_end).
+    const int query_end = window > 0 ? min(seq, key_end - 1 + window) : seq;
+    for (int head = kv_head * heads_per_kv; head < (kv_head + 1) * heads_per_kv; ++head) {
+        const bf16* qh = q + first_token * q_ld + static_cast<std::int64_t>(head) * kHeadDim;
+        const bf16* doh = d_out + first_token * d_out_ld + static_cast<std::int64_t>(head) * kHeadDim;
+        const std::int64_t row = (sequence * heads + head) * seq;
+        for (int i0 = j0; i0 < query_end; i0 += flash_backward_rows) {
+            __syncthreads();  // the previous tiles are consumed
+            load_rows<kHeadDim, flash_backward_rows>(t.q, qh, q_ld, i0, query_end);
+            load_rows<kHeadDim, flash_backward_rows>(t.d_out, doh, d_out_ld, i0, query_end);
+            if (threadIdx.x < flash_backward_rows) {
+                const int i = i0 + static_cast<int>(threadIdx.x);
+                t.lse[threadIdx.x] = i < query_end ? lse[row + i] : 0.0f;
+                t.delta[threadIdx.x] = i < query_end ? delta[row + i] : 0.0f;
+            }
+            __syncthreads();
+            probability_tiles(t, i0, j0, seq, window, scale);
+            __syncthreads();
+            // dV += P^T dO;  dK += dS^T Q (scaled at the end)
+            for (int r = 0; r < flash_backward_rows; ++r) {
+#pragma unroll
+                for (int pp = 0; pp < kPairsPerLane; ++pp) {
+                    const int pair = lane + 32 * pp;
+                    if (pair < kPairs) {
+                        const unsigned dw = t.d_out[r][pair], qw = t.q[r][pair];
+                        const float d_lo = low_of(dw), d_hi = high_of(dw), q_lo = low_of(qw), q_hi = high_of(qw);
+#pragma unroll
+                        for (int c = 0; c < kKeysPerWarp; ++c) {
+                            const float p = t.p[r][warp * kKeysPerWarp + c], ds = t.ds[r][warp * kKeysPerWarp + c];
+                            dv_acc[c][pp][0] += p * d_lo;
+                            dv_acc[c][pp][1] += p * d_hi;
+                            dk_acc[c][pp][0] += ds * q_lo;
+                            dk_acc[c][pp][1] += ds * q_hi;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+#pragma unroll
+    for (int c = 0; c < kKeysPerWarp; ++c) {
+        const int j = j0 + warp * kKeysPerWarp + c;
+        if (j >= seq) continue;
+        float* dkj = dk + (first_token + j) * dk_ld + static_cast<std::int64_t>(kv_head) * kHeadDim;
+        float* dvj = dv + (first_token + j) * dv_ld + static_cast<std::int64_t>(kv_head) * kHeadDim;
+#pragma unroll
+        for (int pp = 0; pp < kPairsPerLane; ++pp) {
+            const int pair = lane + 32 * pp;
+            if (pair < kPairs) {
+                dkj[2 * pair] = dk_acc[c][pp][0] * scale;
+                dkj[2 * pair + 1] = dk_acc[c][pp][1] * scale;
+                dvj[2 * pair] = dv_acc[c][pp][0];
+                dvj[2 * pair + 1] = dv_acc[c][pp][1];
+            }
+        }
+    }
+}
+
+// dQ (fp32, overwritten) of query rows i0 = blockIdx.x * 16.. of head blockIdx.y in sequence
+// blockIdx.z, over the key tiles they see (as the forward). Grid (ceil(seq / 16), heads, batch),
+// 128 threads: warp w owns rows 4w..4w+3, lane l the dimension pairs l, l + 32, ...
+template <int kHeadDim>
+__global__ void __launch_bounds__(flash_threads)
+    flash_attention_backward_q_kernel(const bf16* __restrict__ q, std::int64_t q_ld, const bf16* __restrict__ k, std::int64_t k_ld,
+                                      const bf16* __restrict__ v, std::int64_t v_ld, const bf16* __restrict__ d_out,
+                                      std::int64_t d_out_ld, const float* __restrict__ lse, const float* __restrict__ delta,
+                                      float* __restrict__ dq, std::int64_t dq_ld, int seq, int heads, int heads_per_kv, int window,
+                                      float scale) {
+    static_assert(kHeadDim % 2 == 0 && kHeadDim <= 256, "flash attention: even head_dim up to 256 (static shared memory)");
+    constexpr int kPairs = kHeadDim / 2, kPairsPerLane = (kPairs + 31) / 32;
+    constexpr int kRowsPerWarp = flash_backward_rows / (flash_threads / 32);
+    __shared__ FlashBackwardTiles<kHeadDim> t;
+
+    const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
+    const int i0 = static_cast<int>(blockIdx.x) * flash_backward_rows, head = static_cast<int>(blockIdx.y);
+    const int kv_head = head / heads_per_kv;
+    const std::int64_t sequence = static_cast<std::int64_t>(blockIdx.z), first_token = sequence * seq,
+                       row = (sequence * heads + head) * seq;
+    const int row_end = min(i0 + flash_backward_rows, seq);
+    load_rows<kHeadDim, flash_backward_rows>(t.q, q + first_token * q_ld + static_cast<std::int64_t>(head) * kHeadDim, q_ld, i0,
+                                             row_end);
+    load_rows<kHeadDim, flash_backward_rows>(t.d_out, d_out + first_token * d_out_ld + static_cast<std::int64_t>(head) * kHeadDim,
+                                             d_out_ld, i0, row_end);
+    if (threadIdx.x < flash_backward_rows) {
+        const int i = i0 + static_cast<int>(threadIdx.x);
+        t.lse[threadIdx.x] = i < row_end ? lse[row + i] : 0.0f;
+        t.delta[threadIdx.x] = i < row_end ? delta[row + i] : 0.0f;
+    }
+    const bf16* kh = k + first_token * k_ld + static_cast<std::int64_t>(kv_head) * kHeadDim;
+    const bf16* vh = v + first_token * v_ld + static_cast<std::int64_t>(kv_head) * kHeadDim;
+
+    float acc[kRowsPerWarp][kPairsPerLane][2];
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r)
+#pragma unroll
+        for (int pp = 0; pp < kPairsPerLane; ++pp) acc[r][pp][0] = acc[r][pp][1] = 0.0f;
+
+    const int first_key = window > 0 ? max(0, i0 - window + 1) : 0;
+    for (int j0 = first_key; j0 < row_end; j0 += flash_backward_keys) {
+        __syncthreads();  // the previous tiles are consumed (and the query tiles stored)
+        load_rows<kHeadDim, flash_backward_keys>(t.k, kh, k_ld, j0, row_end);
+        load_rows<kHeadDim, flash_backward_keys>(t.v, vh, v_ld, j0, row_end);
+        __syncthreads();
+        probability_tiles(t, i0, j0, seq, window, scale);
+        __syncthreads();
+        // dQ += dS K (scaled at the end)
+        for (int c = 0; c < flash_backward_keys; ++c) {
+#pragma unroll
+            for (int pp = 0; pp < kPairsPerLane; ++pp) {
+                const int pair = lane + 32 * pp;
+                if (pair < kPairs) {
+                    const unsigned kw = t.k[c][pair];
+                    const float k_lo = low_of(kw), k_hi = high_of(kw);
+#pragma unroll
+                    for (int r = 0; r < kRowsPerWarp; ++r) {
+                        const float ds = t.ds[warp * kRowsPerWarp + r][c];
+                        acc[r][pp][0] += ds * k_lo;
+                        acc[r][pp][1] += ds * k_hi;
+                    }
+                }
+            }
+        }
+    }
+
+#pragma unroll
+    for (int r = 0; r < kRowsPerWarp; ++r) {
+        const int i = i0 + warp * kRowsPerWarp + r;
+        if (i >= seq) continue;
+        float* dqi = dq + (first_token + i) * dq_ld + static_cast<std::int64_t>(head) * kHeadDim;
+#pragma unroll
+        for (int pp = 0; pp < kPairsPerLane; ++pp) {
+            const int pair = lane + 32 * pp;
+            if (pair < kPairs) {
+                dqi[2 * pair] = acc[r][pp][0] * scale;
+                dqi[2 * pair + 1] = acc[r][pp][1] * scale;
             }
         }
     }
@@ -294,23 +559,66 @@ inline void attention_backward(Gemm& gemm, const Stream& stream, const Attention
     }
 }
 
-// The same output as attention_forward without any T^2 buffer (inference). kHeadDim = a.head_dim.
+namespace ops_detail {
+template <int kHeadDim>
+void check_flash(const AttentionShape& a, const char* op, std::initializer_list<const void*> bf16_operands,
+                 std::initializer_list<std::int64_t> bf16_lds) {
+    check_attention(a, op);
+    require(a.head_dim == kHeadDim, op, "head_dim " + std::to_string(a.head_dim) + " differs from the kernel's " + std::to_string(kHeadDim));
+    bool aligned = true;
+    for (const void* pointer : bf16_operands) aligned = aligned && aligned_to(pointer, 4);
+    for (const std::int64_t ld : bf16_lds) aligned = aligned && ld % 2 == 0;
+    require(aligned, op, "the bf16 operands must be 4-byte aligned with even leading dimensions");
+    require(a.heads <= 65535 && a.batch <= 65535, op, "heads and batch are limited to 65535");
+}
+}  // namespace ops_detail
+
+// The same output as attention_forward without any T^2 buffer. kHeadDim = a.head_dim. lse: nullptr
+// (inference), or [batch, heads, seq] (fp32) receiving each row's log-sum-exp of its scaled visible
+// scores, which flash_attention_backward needs (training).
 template <int kHeadDim>
 void flash_attention_forward(const Stream& stream, const AttentionShape& a, const bf16* q, std::int64_t q_ld, const bf16* k,
-                             std::int64_t k_ld, const bf16* v, std::int64_t v_ld, bf16* out, std::int64_t out_ld) {
+                             std::int64_t k_ld, const bf16* v, std::int64_t v_ld, bf16* out, std::int64_t out_ld,
+                             float* lse = nullptr) {
     using namespace ops_detail;
-    check_attention(a, "flash_attention_forward");
-    require(a.head_dim == kHeadDim, "flash_attention_forward",
-            "head_dim " + std::to_string(a.head_dim) + " differs from the kernel's " + std::to_string(kHeadDim));
-    require(aligned_to(q, 4) && aligned_to(k, 4) && aligned_to(v, 4) && aligned_to(out, 4) && q_ld % 2 == 0 && k_ld % 2 == 0 &&
-                v_ld % 2 == 0 && out_ld % 2 == 0,
-            "flash_attention_forward", "q, k, v and out must be 4-byte aligned with even leading dimensions");
-    require(a.heads <= 65535 && a.batch <= 65535, "flash_attention_forward", "heads and batch are limited to 65535");
+    check_flash<kHeadDim>(a, "flash_attention_forward", {q, k, v, out}, {q_ld, k_ld, v_ld, out_ld});
     if (a.batch == 0) return;
     const dim3 grid(static_cast<unsigned>(ceil_div(a.seq, kernels::flash_rows)), static_cast<unsigned>(a.heads),
                     static_cast<unsigned>(a.batch));
     launch(kernels::flash_attention_forward_kernel<kHeadDim>, grid, kernels::flash_threads, 0, stream, q, q_ld, k, k_ld, v, v_ld,
-           out, out_ld, a.seq, a.heads_per_kv(), a.window, a.scale);
+           out, out_ld, lse, static_cast<int>(a.seq), static_cast<int>(a.heads_per_kv()), static_cast<int>(a.window), static_cast<float>(a.scale));
+}
+
+// Gradients of flash_attention_forward from its output `out` and log-sum-exps `lse`, without any
+// T^2 buffer: with delta_i = dO_i . O_i and P recomputed tile by tile as exp(scale q k^T - lse),
+//   dV = P^T dO,  dS = P * (dO V^T - delta),  dQ = scale dS K,  dK = scale dS^T Q.
+// dq [tokens, heads * head_dim], dk and dv [tokens, kv_heads * head_dim] (fp32) are overwritten; dk
+// and dv sum the query heads of their group. delta is scratch of [batch, heads, seq] floats.
+// Deterministic (each element summed by one thread in a fixed order). A sliding layer visits only
+// the key tiles inside its window band: O(seq * window) work.
+template <int kHeadDim>
+void flash_attention_backward(const Stream& stream, const AttentionShape& a, const bf16* q, std::int64_t q_ld, const bf16* k,
+                              std::int64_t k_ld, const bf16* v, std::int64_t v_ld, const bf16* out, std::int64_t out_ld,
+                              const float* lse, const bf16* d_out, std::int64_t d_out_ld, float* delta, float* dq,
+                              std::int64_t dq_ld, float* dk, std::int64_t dk_ld, float* dv, std::int64_t dv_ld) {
+    using namespace ops_detail;
+    check_flash<kHeadDim>(a, "flash_attention_backward", {q, k, v, out, d_out}, {q_ld, k_ld, v_ld, out_ld, d_out_ld});
+    require(a.kv_heads <= 65535, "flash_attention_backward", "kv_heads is limited to 65535");
+    if (a.batch == 0) return;
+    const int seq = static_cast<int>(a.seq), heads = static_cast<int>(a.heads), per_kv = static_cast<int>(a.heads_per_kv());
+    const int window = static_cast<int>(a.window);
+    const float scale = static_cast<float>(a.scale);
+    const std::int64_t rows = a.batch * a.heads * a.seq;
+    launch(kernels::flash_attention_delta_kernel<kHeadDim>, blocks_for(rows, kernels::softmax_threads / 32, INT32_MAX),
+           kernels::softmax_threads, 0, stream, out, out_ld, d_out, d_out_ld, delta, rows, seq, heads);
+    const dim3 query_grid(static_cast<unsigned>(ceil_div(a.seq, kernels::flash_backward_rows)), static_cast<unsigned>(a.heads),
+                          static_cast<unsigned>(a.batch));
+    launch(kernels::flash_attention_backward_q_kernel<kHeadDim>, query_grid, kernels::flash_threads, 0, stream, q, q_ld, k, k_ld,
+           v, v_ld, d_out, d_out_ld, lse, static_cast<const float*>(delta), dq, dq_ld, seq, heads, per_kv, window, scale);
+    const dim3 key_grid(static_cast<unsigned>(ceil_div(a.seq, kernels::flash_backward_keys)), static_cast<unsigned>(a.kv_heads),
+                        static_cast<unsigned>(a.batch));
+    launch(kernels::flash_attention_backward_kv_kernel<kHeadDim>, key_grid, kernels::flash_threads, 0, stream, q, q_ld, k, k_ld,
+           v, v_ld, d_out, d_out_ld, lse, static_cast<const float*>(delta), dk, dk_ld, dv, dv_ld, seq, heads, per_kv, window, scale);
 }
 
 GEMMA3_CUDA_NAMESPACE_END
