@@ -4,7 +4,9 @@
 #   2. runs the kernel and model tests on the device: the same test binaries CI runs on the emulator,
 #      their "[device]" cases, against the same CPU references and bounds;
 #   3. checks the ptxas reports for register spills;
-#   4. benchmarks training of the seed config and prints tokens/s, MFU and peak device memory.
+#   4. benchmarks training of the seed config and prints tokens/s, MFU and peak device memory;
+#   5. times generation of the seed config (cuda::Generator: prefill, then single-token decoding
+#      with the logits sampled on the host) and prints prefill and decode tokens/s.
 #
 #   scripts/gpu-check.sh [--build-dir DIR] [-- benchmark options, e.g. --batch=32 --seq=128 --steps=20]
 #
@@ -79,4 +81,8 @@ fi
 echo
 echo "== seed-config training benchmark"
 "$build/bin/gemma3-gpu-train-bench" "${bench_args[@]}" || status=1
+
+echo
+echo "== seed-config generation benchmark (prompt 128, 256 new tokens)"
+"$build/bin/gemma3-gpu-generate-bench" --prompt=128 --new-tokens=256 --runs=3 || status=1
 exit $status

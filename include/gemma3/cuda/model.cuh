@@ -344,6 +344,7 @@ private:
         const std::size_t attention_rows = static_cast<std::size_t>(s.batch) * Dims::heads * static_cast<std::size_t>(s.seq);
         const bool training = s.mode == Mode::training;
         tokens_ = arena.take<int>(n);
+        positions_ = arena.take<std::int32_t>(n);
         targets_ = arena.take<int>(n);
         segment_tokens_ = arena.take<int>(n);
         segment_offsets_ = arena.take<int>(n + 1);
@@ -416,6 +417,10 @@ private:
         arena_ = cuda::DeviceBuffer<std::byte>(measure.used());
         cuda::model_detail::Arena real(arena_.data());
         layout(real, s);
+        // RoPE positions: 0..seq-1 in every sequence (batch-major tokens).
+        std::vector<std::int32_t> positions(static_cast<std::size_t>(s.batch * s.seq));
+        for (std::size_t i = 0; i < positions.size(); ++i) positions[i] = static_cast<std::int32_t>(static_cast<Index>(i) % s.seq);
+        cuda::copy_to_device(positions_, positions.data(), positions.size());
         shape_ = s;
     }
 
@@ -457,7 +462,6 @@ private:
         const std::int64_t n = shape_.batch * shape_.seq;
         constexpr int D = Dims::model, F = Dims::ffn, Q = Dims::q, KV = Dims::kv, QKV = Dims::qkv, H = Dims::heads,
                       HK = Dims::kv_heads, DH = Dims::head;
-        const int seq = static_cast<int>(shape_.seq);
         const auto& table = rope_table(layer);
 
         // Attention branch: norm, one product for q|k|v, q/k norms, RoPE, attention, output projection.
@@ -469,11 +473,11 @@ private:
                                               head_rows(a.q_rot, Q, H), a.q_rstd, n, DH);
             cuda::rmsnorm_forward<bf16, bf16>(stream_, head_rows<const bf16>(a.qkv + Q, QKV, HK), w.k_norm, eps(),
                                               head_rows(a.k_rot, KV, HK), a.k_rstd, n, DH);
-            cuda::rope_forward<bf16, bf16>(stream_, a.q_rot, Q, a.q_rot, Q, n, H, seq, table);
-            cuda::rope_forward<bf16, bf16>(stream_, a.k_rot, KV, a.k_rot, KV, n, HK, seq, table);
+            cuda::rope_forward<bf16, bf16>(stream_, a.q_rot, Q, a.q_rot, Q, n, H, positions_, table);
+            cuda::rope_forward<bf16, bf16>(stream_, a.k_rot, KV, a.k_rot, KV, n, HK, positions_, table);
         } else {
-            cuda::rope_forward<bf16, bf16>(stream_, a.qkv, QKV, a.q_rot, Q, n, H, seq, table);
-            cuda::rope_forward<bf16, bf16>(stream_, a.qkv + Q, QKV, a.k_rot, KV, n, HK, seq, table);
+            cuda::rope_forward<bf16, bf16>(stream_, a.qkv, QKV, a.q_rot, Q, n, H, positions_, table);
+            cuda::rope_forward<bf16, bf16>(stream_, a.qkv + Q, QKV, a.k_rot, KV, n, HK, positions_, table);
         }
         const bf16* v = a.qkv + Q + KV;
         if (flash_) {
@@ -536,7 +540,6 @@ private:
         const std::int64_t n = shape_.batch * shape_.seq;
         constexpr int D = Dims::model, F = Dims::ffn, Q = Dims::q, KV = Dims::kv, QKV = Dims::qkv, H = Dims::heads,
                       HK = Dims::kv_heads, DH = Dims::head;
-        const int seq = static_cast<int>(shape_.seq);
         float* ws = norm_workspace_;
 
         // x_out = mid + post_feedforward_norm(mlp_out)
@@ -565,8 +568,8 @@ private:
                                                s.d_attn, Q, s.delta, s.dq, Q, s.dk, KV, s.dv, KV);
         }
         const auto& table = rope_table(layer);
-        cuda::rope_backward<float, float>(stream_, s.dq, Q, s.dq, Q, n, H, seq, table);
-        cuda::rope_backward<float, float>(stream_, s.dk, KV, s.dk, KV, n, HK, seq, table);
+        cuda::rope_backward<float, float>(stream_, s.dq, Q, s.dq, Q, n, H, positions_, table);
+        cuda::rope_backward<float, float>(stream_, s.dk, KV, s.dk, KV, n, HK, positions_, table);
         if constexpr (C::qk_norm) {
             cuda::rmsnorm_backward<bf16, float, bf16>(stream_, head_rows<const bf16>(a.qkv, QKV, H), w.q_norm, a.q_rstd,
                                                       head_rows<const float>(s.dq, Q, H), head_rows(s.d_qkv, QKV, H), g.q_norm, ws,
@@ -600,6 +603,7 @@ private:
     bool flash_ = false;  // the attention path of the current call
     cuda::DeviceBuffer<std::byte> arena_;
     int *tokens_ = nullptr, *targets_ = nullptr;
+    std::int32_t* positions_ = nullptr;  // [batch * seq]: 0..seq-1 per sequence, for RoPE
     int *segment_tokens_ = nullptr, *segment_offsets_ = nullptr, *segment_order_ = nullptr;
     int segment_count_ = 0;
     std::array<float*, Dims::layers + 1> residual_{};

@@ -286,7 +286,8 @@ inline void packed_matvec(const PackedMatrix& w, const float* x, float* y) {
     const Index rows = w.rows;
     // Rows split across threads in groups of 64 (a multiple of the kernels' 4); small matrices stay
     // on one thread, where a parallel region would cost more than it saves.
-    const bool parallel = rows * w.cols >= (Index{1} << 18);
+    // [[maybe_unused]]: read only by the OpenMP pragmas, which nvcc's front end does not count.
+    [[maybe_unused]] const bool parallel = rows * w.cols >= (Index{1} << 18);
     constexpr Index group = 64;
     const Index groups = (rows + group - 1) / group;
 #if GEMMA3_PACKED_AVX512
