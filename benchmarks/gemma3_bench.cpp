@@ -196,11 +196,13 @@ void decode(const Settings& s) {
         model.reset();  // decoding reads only the packed copy
     }
     const auto prompt = random_tokens(s.seq, C::vocab_size, 5);
-    double per_token = 0, cpu_per_token = 0;
+    double per_token = 0, cpu_per_token = 0, prefill_s = 0;
     median_seconds(s.warmup, s.repeats, [&] {
         auto generator = packed ? gemma3::Generator<C, float>(*packed, s.seq + s.decode_tokens + 1)
                                 : gemma3::Generator<C, float>(*model, s.seq + s.decode_tokens + 1);
+        const auto prefill_start = Clock::now();
         generator.append(prompt);
+        prefill_s = std::chrono::duration<double>(Clock::now() - prefill_start).count();
         std::int32_t next = 1;
         const auto start = Clock::now();
         const double cpu_start = process_cpu_seconds();
@@ -223,14 +225,16 @@ void decode(const Settings& s) {
                           : gemma3::packed_kernels_use_avx512() ? "avx512" : "scalar";
     std::cerr << "decode (" << format << " weights, " << kernels << "): " << 1 / per_token << " tokens/s after a " << s.seq
               << "-token prompt (" << bytes / 1e6 << " MB of weights per token, " << bytes / per_token / 1e9
-              << " GB/s); per CPU second " << 1 / cpu_per_token << "\n";
+              << " GB/s); per CPU second " << 1 / cpu_per_token << "; prefill " << static_cast<double>(s.seq) / prefill_s
+              << " tokens/s\n";
     report({{"mode", "decode"},
             {"weights", format},
             {"kernels", kernels},
             {"tokens_per_s", 1 / per_token},
             {"tokens_per_cpu_s", 1 / cpu_per_token},  // with one thread: the rate when the core is not shared
             {"weight_bytes_per_token", bytes},
-            {"prompt", s.seq}});
+            {"prompt", s.seq},
+            {"prefill_tokens_per_s", static_cast<double>(s.seq) / prefill_s}});
 }
 
 template <class C>
