@@ -54,6 +54,31 @@ if(TARGET Boost::context AND NOT TARGET gemma3_cuda_emulation)
   target_link_libraries(gemma3_cuda_emulation INTERFACE gemma3 Boost::context)
 endif()
 
+# The emulator's shared-memory access checker (racecheck, initcheck: tests/cuda/emulator/checker.hpp):
+# the emulated sources of gemma3_add_cuda_test() get GCC's ThreadSanitizer instrumentation (a call
+# per load and store), without the TSan runtime: checker.cpp provides the entry points. GCC only
+# (the flags are GCC's), and not with GEMMA3_SANITIZE (ASan and TSan instrumentation do not mix).
+if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU" AND NOT GEMMA3_SANITIZE)
+  set(_gemma3_emulator_check_default ON)
+else()
+  set(_gemma3_emulator_check_default OFF)
+endif()
+option(GEMMA3_CUDA_EMULATOR_CHECK "Check shared-memory races and uninitialised reads in emulated kernels (GCC, no GEMMA3_SANITIZE)"
+       ${_gemma3_emulator_check_default})
+if(GEMMA3_CUDA_EMULATOR_CHECK AND (GEMMA3_SANITIZE OR NOT CMAKE_CXX_COMPILER_ID STREQUAL "GNU"))
+  message(FATAL_ERROR "GEMMA3_CUDA_EMULATOR_CHECK needs GCC and is incompatible with GEMMA3_SANITIZE")
+endif()
+set(GEMMA3_CUDA_EMULATOR_CHECK_FLAGS
+    -fsanitize=thread -U__SANITIZE_THREAD__ --param=tsan-instrument-func-entry-exit=0)
+if(GEMMA3_CUDA_EMULATOR_CHECK AND TARGET gemma3_cuda_emulation AND NOT TARGET gemma3_cuda_emulator_checker)
+  add_library(gemma3_cuda_emulator_checker OBJECT ${PROJECT_SOURCE_DIR}/tests/cuda/emulator/checker.cpp)
+  target_link_libraries(gemma3_cuda_emulator_checker PRIVATE gemma3::cuda_emulation gemma3_project_flags)
+  target_compile_definitions(gemma3_cuda_emulator_checker PRIVATE GEMMA3_CUDA_EMULATOR_CHECK)
+  if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
+    target_compile_options(gemma3_cuda_emulator_checker PRIVATE -Werror)
+  endif()
+endif()
+
 if(GEMMA3_CUDA_ENABLED AND NOT TARGET gemma3_cuda)
   add_library(gemma3_cuda INTERFACE)
   add_library(gemma3::cuda ALIAS gemma3_cuda)
@@ -164,6 +189,13 @@ function(gemma3_add_cuda_test name)
     GEMMA3_TEST_DATA_DIR="${PROJECT_SOURCE_DIR}/tests/data" GEMMA3_SOURCE_DIR="${PROJECT_SOURCE_DIR}")
   if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
     target_compile_options(${name} PRIVATE -Werror)
+  endif()
+  if(GEMMA3_CUDA_EMULATOR_CHECK)
+    # Only the kernel sources are instrumented; checker.cpp (not instrumented) is their runtime.
+    target_sources(${name} PRIVATE $<TARGET_OBJECTS:gemma3_cuda_emulator_checker>)
+    target_compile_definitions(${name} PRIVATE GEMMA3_CUDA_EMULATOR_CHECK)
+    set_source_files_properties(${emulated_sources} ${ARG_EMULATOR_SOURCES} PROPERTIES
+      COMPILE_OPTIONS "${GEMMA3_CUDA_EMULATOR_CHECK_FLAGS}")
   endif()
   # Exported symbols let the emulator name kernels in its messages (dladdr).
   set_target_properties(${name} PROPERTIES ENABLE_EXPORTS ON RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests)
