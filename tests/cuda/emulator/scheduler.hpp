@@ -26,7 +26,8 @@
 //    (zero for the first): indeterminate but safe to read, as on the device; kernels and tests must
 //    not rely on zero initialisation. Dynamic shared memory is allocated per block with exactly the
 //    requested size (so AddressSanitizer sees overruns) and filled with 0xFF bytes (float NaN,
-//    integer -1) to expose reads before writes.
+//    integer -1) to expose reads before writes. With the access checker built (checker.hpp), a
+//    read of shared memory the block has not written, static or dynamic, fails the launch.
 //  - A fiber stack overflow hits the guard zone; a SIGSEGV handler (installed by every launch that
 //    finds it missing, running on an alternate signal stack and chaining to the handler it
 //    replaced for other faults)
