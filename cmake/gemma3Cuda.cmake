@@ -143,17 +143,21 @@ function(gemma3_cuda_device_flags target)
   endif()
 endfunction()
 
-# gemma3_add_cuda_test(<name> SOURCES <.cu>... [EMULATOR_SOURCES <.cpp>...] [LAUNCHER <command>...])
+# gemma3_add_cuda_test(<name> SOURCES <.cu>... [EMULATOR_SOURCES <.cpp>...] [LAUNCHER <command>...]
+#                      [NO_ACCESS_CHECK])
 # One doctest executable, registered with CTest as <name>:
 #   SOURCES           kernel tests written once (GEMMA3_CUDA_TEST_CASE), compiled for the emulator by
 #                     the host compiler and, when GEMMA3_CUDA_ENABLED, for the device by nvcc;
 #   EMULATOR_SOURCES  tests of the emulator itself (host compiler only);
-#   LAUNCHER          a command CTest runs the executable under (e.g. mpirun -np 2).
+#   LAUNCHER          a command CTest runs the executable under (e.g. mpirun -np 2);
+#   NO_ACCESS_CHECK   no shared-memory access checker in this executable even when
+#                     GEMMA3_CUDA_EMULATOR_CHECK is on (its instrumentation slows all the
+#                     executable's host code, CPU references included, about 2x).
 # Its main() (tests/cuda/cuda_test_main.cpp) runs the emulated cases, plus the device cases when a
 # GPU is present; GEMMA3_CUDA_BACKEND=emulator|device|auto or --backend= chooses. With the device
 # build on, CTest <name>.ptxas checks the ptxas report of its device objects for register spills.
 function(gemma3_add_cuda_test name)
-  cmake_parse_arguments(PARSE_ARGV 1 ARG "" "" "SOURCES;EMULATOR_SOURCES;LAUNCHER")
+  cmake_parse_arguments(PARSE_ARGV 1 ARG "NO_ACCESS_CHECK" "" "SOURCES;EMULATOR_SOURCES;LAUNCHER")
   if(NOT TARGET gemma3::cuda_emulation)
     message(FATAL_ERROR "gemma3_add_cuda_test(${name}): the CPU emulator needs Boost.Context "
                         "(Debian: apt-get install libboost-context-dev)")
@@ -190,7 +194,7 @@ function(gemma3_add_cuda_test name)
   if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
     target_compile_options(${name} PRIVATE -Werror)
   endif()
-  if(GEMMA3_CUDA_EMULATOR_CHECK)
+  if(GEMMA3_CUDA_EMULATOR_CHECK AND NOT ARG_NO_ACCESS_CHECK)
     # Only the kernel sources are instrumented; checker.cpp (not instrumented) is their runtime.
     target_sources(${name} PRIVATE $<TARGET_OBJECTS:gemma3_cuda_emulator_checker>)
     target_compile_definitions(${name} PRIVATE GEMMA3_CUDA_EMULATOR_CHECK)
