@@ -54,6 +54,31 @@ if(TARGET Boost::context AND NOT TARGET gemma3_cuda_emulation)
   target_link_libraries(gemma3_cuda_emulation INTERFACE gemma3 Boost::context)
 endif()
 
+# The emulator's shared-memory access checker (racecheck, initcheck: tests/cuda/emulator/checker.hpp):
+# the emulated sources of gemma3_add_cuda_test() get GCC's ThreadSanitizer instrumentation (a call
+# per load and store), without the TSan runtime: checker.cpp provides the entry points. GCC only
+# (the flags are GCC's), and not with GEMMA3_SANITIZE (ASan and TSan instrumentation do not mix).
+if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU" AND NOT GEMMA3_SANITIZE)
+  set(_gemma3_emulator_check_default ON)
+else()
+  set(_gemma3_emulator_check_default OFF)
+endif()
+option(GEMMA3_CUDA_EMULATOR_CHECK "Check shared-memory races and uninitialised reads in emulated kernels (GCC, no GEMMA3_SANITIZE)"
+       ${_gemma3_emulator_check_default})
+if(GEMMA3_CUDA_EMULATOR_CHECK AND (GEMMA3_SANITIZE OR NOT CMAKE_CXX_COMPILER_ID STREQUAL "GNU"))
+  message(FATAL_ERROR "GEMMA3_CUDA_EMULATOR_CHECK needs GCC and is incompatible with GEMMA3_SANITIZE")
+endif()
+set(GEMMA3_CUDA_EMULATOR_CHECK_FLAGS
+    -fsanitize=thread -U__SANITIZE_THREAD__ --param=tsan-instrument-func-entry-exit=0)
+if(GEMMA3_CUDA_EMULATOR_CHECK AND TARGET gemma3_cuda_emulation AND NOT TARGET gemma3_cuda_emulator_checker)
+  add_library(gemma3_cuda_emulator_checker OBJECT ${PROJECT_SOURCE_DIR}/tests/cuda/emulator/checker.cpp)
+  target_link_libraries(gemma3_cuda_emulator_checker PRIVATE gemma3::cuda_emulation gemma3_project_flags)
+  target_compile_definitions(gemma3_cuda_emulator_checker PRIVATE GEMMA3_CUDA_EMULATOR_CHECK)
+  if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
+    target_compile_options(gemma3_cuda_emulator_checker PRIVATE -Werror)
+  endif()
+endif()
+
 if(GEMMA3_CUDA_ENABLED AND NOT TARGET gemma3_cuda)
   add_library(gemma3_cuda INTERFACE)
   add_library(gemma3::cuda ALIAS gemma3_cuda)
@@ -118,17 +143,21 @@ function(gemma3_cuda_device_flags target)
   endif()
 endfunction()
 
-# gemma3_add_cuda_test(<name> SOURCES <.cu>... [EMULATOR_SOURCES <.cpp>...] [LAUNCHER <command>...])
+# gemma3_add_cuda_test(<name> SOURCES <.cu>... [EMULATOR_SOURCES <.cpp>...] [LAUNCHER <command>...]
+#                      [NO_ACCESS_CHECK])
 # One doctest executable, registered with CTest as <name>:
 #   SOURCES           kernel tests written once (GEMMA3_CUDA_TEST_CASE), compiled for the emulator by
 #                     the host compiler and, when GEMMA3_CUDA_ENABLED, for the device by nvcc;
 #   EMULATOR_SOURCES  tests of the emulator itself (host compiler only);
-#   LAUNCHER          a command CTest runs the executable under (e.g. mpirun -np 2).
+#   LAUNCHER          a command CTest runs the executable under (e.g. mpirun -np 2);
+#   NO_ACCESS_CHECK   no shared-memory access checker in this executable even when
+#                     GEMMA3_CUDA_EMULATOR_CHECK is on (its instrumentation slows all the
+#                     executable's host code, CPU references included, about 2x).
 # Its main() (tests/cuda/cuda_test_main.cpp) runs the emulated cases, plus the device cases when a
 # GPU is present; GEMMA3_CUDA_BACKEND=emulator|device|auto or --backend= chooses. With the device
 # build on, CTest <name>.ptxas checks the ptxas report of its device objects for register spills.
 function(gemma3_add_cuda_test name)
-  cmake_parse_arguments(PARSE_ARGV 1 ARG "" "" "SOURCES;EMULATOR_SOURCES;LAUNCHER")
+  cmake_parse_arguments(PARSE_ARGV 1 ARG "NO_ACCESS_CHECK" "" "SOURCES;EMULATOR_SOURCES;LAUNCHER")
   if(NOT TARGET gemma3::cuda_emulation)
     message(FATAL_ERROR "gemma3_add_cuda_test(${name}): the CPU emulator needs Boost.Context "
                         "(Debian: apt-get install libboost-context-dev)")
@@ -175,6 +204,13 @@ function(gemma3_add_cuda_test name)
     GEMMA3_TEST_DATA_DIR="${PROJECT_SOURCE_DIR}/tests/data" GEMMA3_SOURCE_DIR="${PROJECT_SOURCE_DIR}")
   if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
     target_compile_options(${name} PRIVATE -Werror)
+  endif()
+  if(GEMMA3_CUDA_EMULATOR_CHECK AND NOT ARG_NO_ACCESS_CHECK)
+    # Only the kernel sources are instrumented; checker.cpp (not instrumented) is their runtime.
+    target_sources(${name} PRIVATE $<TARGET_OBJECTS:gemma3_cuda_emulator_checker>)
+    target_compile_definitions(${name} PRIVATE GEMMA3_CUDA_EMULATOR_CHECK)
+    set_source_files_properties(${emulated_sources} ${ARG_EMULATOR_SOURCES} PROPERTIES
+      COMPILE_OPTIONS "${GEMMA3_CUDA_EMULATOR_CHECK_FLAGS}")
   endif()
   # Exported symbols let the emulator name kernels in its messages (dladdr).
   set_target_properties(${name} PROPERTIES ENABLE_EXPORTS ON RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests)

@@ -120,6 +120,89 @@ __global__ void float_atomic_sum(const float* x, int n, float* total) {
 
 __global__ void stack_hungry(int depth, int* out) { out[threadIdx.x] = deep_recursion(depth); }
 
+// --- Kernels for the access checker (emulator/checker.hpp) ---------------------------------------
+// Three deliberately broken kernels, which the checker must report, and correct ones, which it must
+// not. Emulator-only: the broken ones are never run on a device.
+
+// BROKEN ON PURPOSE: a tree reduction without the __syncthreads() inside its loop, so a thread reads
+// partial[tid + stride] before (or after) its owner updated it: a shared-memory race.
+// block_sums[b] = sum of x[b * kThreads, (b + 1) * kThreads) when it happens to work.
+template <int kThreads>
+__global__ void racy_block_sum(const float* __restrict__ x, float* __restrict__ block_sums) {
+    __shared__ float partial[kThreads];
+    const int tid = static_cast<int>(threadIdx.x);
+    partial[tid] = x[blockIdx.x * kThreads + tid];
+    __syncthreads();
+    for (int stride = kThreads / 2; stride > 0; stride /= 2) {
+        if (tid < stride) partial[tid] += partial[tid + stride];
+        // missing: __syncthreads();
+    }
+    if (tid == 0) block_sums[blockIdx.x] = partial[0];
+}
+
+// The correct reduction, for comparison.
+template <int kThreads>
+__global__ void block_sum(const float* __restrict__ x, float* __restrict__ block_sums) {
+    __shared__ float partial[kThreads];
+    const int tid = static_cast<int>(threadIdx.x);
+    partial[tid] = x[blockIdx.x * kThreads + tid];
+    __syncthreads();
+    for (int stride = kThreads / 2; stride > 0; stride /= 2) {
+        if (tid < stride) partial[tid] += partial[tid + stride];
+        __syncthreads();
+    }
+    if (tid == 0) block_sums[blockIdx.x] = partial[0];
+}
+
+// BROKEN ON PURPOSE: out[i] = x[i - 1] within a block through dynamic shared memory (blockDim.x
+// floats) without a __syncthreads() between the writes and the reads: thread t reads what thread
+// t - 1 wrote in the same barrier interval.
+__global__ void racy_shift(const float* __restrict__ x, float* __restrict__ out) {
+    float* values = cu::dynamic_shared<float>();
+    const int tid = static_cast<int>(threadIdx.x);
+    const int i = static_cast<int>(blockIdx.x * blockDim.x) + tid;
+    values[tid] = x[i];
+    // missing: __syncthreads();
+    if (tid > 0) out[i] = values[tid - 1];
+}
+
+// BROKEN ON PURPOSE: out[0] = the sum of a 64-float shared array of which only the first `written`
+// entries were stored: the rest is uninitialised shared memory. One block of 64 threads.
+__global__ void sum_with_unwritten_shared(int written, float* __restrict__ out) {
+    __shared__ float values[64];
+    const int tid = static_cast<int>(threadIdx.x);
+    if (tid < written) values[tid] = static_cast<float>(tid);
+    __syncthreads();
+    if (tid == 0) {
+        float sum = 0.0f;
+        for (int j = 0; j < 64; ++j) sum += values[j];
+        out[0] = sum;
+    }
+}
+
+// Correct: neighbours in a warp swap values through static shared memory, ordered by __syncwarp()
+// (no block barrier needed), then the slots are reused for a second swap after another
+// __syncwarp(). out[i] = x[i ^ 1] + (x[i ^ 3] + x[i ^ 2]); blocks of 64 threads.
+__global__ void warp_swap(const float* __restrict__ x, float* __restrict__ out) {
+    __shared__ float slots[64];
+    const int tid = static_cast<int>(threadIdx.x);
+    const int i = static_cast<int>(blockIdx.x * blockDim.x) + tid;
+    slots[tid] = x[i];
+    __syncwarp();
+    const float first = slots[tid ^ 1];
+    __syncwarp();
+    slots[tid] = x[i ^ 1] + x[i];  // overwrites what a neighbour read: fine after the __syncwarp()
+    __syncwarp();
+    out[i] = first + slots[tid ^ 2];
+}
+
+// Results that depend on the schedule, with no shared memory involved (so no checker finding):
+// the thread of each block that stores last, and the block that claims the slot first.
+__global__ void last_writer(int* out) { out[blockIdx.x] = static_cast<int>(threadIdx.x); }
+__global__ void first_block(int* slot) {
+    if (threadIdx.x == 0) atomicCAS(slot, -1, static_cast<int>(blockIdx.x));
+}
+
 template <class Kernel>
 std::string launch_failure(Kernel kernel, dim3 grid, dim3 block, std::size_t shared_bytes = 0) {
     cu::DeviceBuffer<int> out(static_cast<std::size_t>(grid.x) * grid.y * grid.z * block.x * block.y * block.z);
@@ -196,6 +279,8 @@ GEMMA3_CUDA_TEST_CASE("copies outside device allocations and frees of unknown po
 }
 
 GEMMA3_CUDA_TEST_CASE("fresh device memory and dynamic shared memory are filled with NaN bytes, not zeros") {
+    const emulator::ScopedSettings restore;
+    emulator::set_access_checks(false);  // the kernel reads unwritten shared memory on purpose
     const cu::DeviceBuffer<unsigned> fresh(64);
     CHECK(fresh.download() == std::vector<unsigned>(64, 0xFFFF'FFFFu));
     cu::DeviceBuffer<unsigned> out(32);
@@ -217,6 +302,7 @@ GEMMA3_CUDA_TEST_CASE("static shared memory of a block is not visible to blocks 
 GEMMA3_CUDA_TEST_CASE("sequential mode runs blocks and threads in order, so float atomics are reproducible") {
     const emulator::ScopedSettings restore;
     emulator::set_worker_threads(1);
+    emulator::set_shuffle_seed(std::nullopt);
     const int n = 10'000, blocks = 7, threads = 64;
     const std::vector<float> x = cu::test::random_floats(n, -1.0f, 1.0f, 99u);
     const auto device_x = cu::DeviceBuffer<float>::from_host(x);
@@ -337,4 +423,129 @@ GEMMA3_CUDA_TEST_CASE("the emulated cuBLASLt checks attribute sizes, leading dim
     CHECK(cublasLtMatmulPreferenceDestroy(preference) == CUBLAS_STATUS_SUCCESS);
     CHECK(cublasLtMatmulDescDestroy(description) == CUBLAS_STATUS_SUCCESS);
     CHECK(cublasLtDestroy(handle) == CUBLAS_STATUS_SUCCESS);
+}
+
+// --- The access checker and the shuffled schedule (emulator/checker.hpp) ------------------------------
+GEMMA3_CUDA_TEST_CASE("racecheck reports a shared-memory reduction without its __syncthreads") {
+    if (!emulator::access_checker_built) {
+        MESSAGE("built without the access checker (GEMMA3_CUDA_EMULATOR_CHECK off): nothing to test");
+        return;
+    }
+    const emulator::ScopedSettings restore;
+    emulator::set_access_checks(true);
+    emulator::set_shuffle_seed(std::nullopt);  // the messages name the threads of the documented order
+    const std::vector<float> x = cu::test::random_floats(4 * 64, -1.0f, 1.0f, 5u);
+    const auto device_x = cu::DeviceBuffer<float>::from_host(x);
+    cu::DeviceBuffer<float> sums(4);
+    cu::Stream stream;
+    const std::string message = cu::test::thrown_message<cu::CudaError>(
+        [&] { cu::launch(racy_block_sum<64>, 4, 64, 0, stream, device_x.data(), sums.data()); });
+    CHECK(contains(message, "cudaErrorLaunchFailure"));
+    CHECK(contains(message, "racy_block_sum<64>"));
+    CHECK(contains(message, "block (0,0,0)"));
+    CHECK(contains(message, "shared-memory race (racecheck, write after read)"));
+    CHECK(contains(message, "::partial` + "));
+    CHECK(contains(message, "no __syncthreads() between them"));
+    CHECK(contains(message, "written at "));
+
+    // Read after write in dynamic shared memory: thread 1 reads what thread 0 wrote.
+    cu::DeviceBuffer<float> out(64);
+    const std::string shift = cu::test::thrown_message<cu::CudaError>(
+        [&] { cu::launch(racy_shift, 1, 64, 64 * sizeof(float), stream, device_x.data(), out.data()); });
+    CHECK(contains(shift, "racy_shift"));
+    CHECK(contains(shift, "thread (1,0,0) (warp 0, lane 1): shared-memory race (racecheck, read after write)"));
+    CHECK(contains(shift, "a read of 4 bytes at dynamic shared memory + 0 reads what thread (0,0,0) (warp 0, lane 0) wrote"));
+
+    // Turned off, the same launch runs (and computes garbage, which the shuffled pass shows below).
+    emulator::set_access_checks(false);
+    CHECK_NOTHROW(cu::launch(racy_block_sum<64>, 4, 64, 0, stream, device_x.data(), sums.data()));
+}
+
+GEMMA3_CUDA_TEST_CASE("initcheck reports reads of shared memory that the block never wrote") {
+    if (!emulator::access_checker_built) {
+        MESSAGE("built without the access checker (GEMMA3_CUDA_EMULATOR_CHECK off): nothing to test");
+        return;
+    }
+    const emulator::ScopedSettings restore;
+    emulator::set_access_checks(true);
+    emulator::set_shuffle_seed(std::nullopt);  // the messages name the threads of the documented order
+    cu::DeviceBuffer<float> out(1);
+    cu::Stream stream;
+    const std::string message = cu::test::thrown_message<cu::CudaError>(
+        [&] { cu::launch(sum_with_unwritten_shared, 1, 64, 0, stream, 60, out.data()); });
+    CHECK(contains(message, "sum_with_unwritten_shared"));
+    CHECK(contains(message, "thread (0,0,0)"));
+    CHECK(contains(message, "uninitialised shared memory (initcheck): a read of 4 bytes at __shared__ `"));
+    CHECK(contains(message, "::values` + 240"));  // values[60]
+    // Every entry written: no finding, and the sum of 0..63.
+    cu::launch(sum_with_unwritten_shared, 1, 64, 0, stream, 64, out.data());
+    CHECK(out.download()[0] == 2016.0f);
+    // Dynamic shared memory too: read_dynamic_shared reads what nobody wrote.
+    cu::DeviceBuffer<unsigned> words(32);
+    const std::string dynamic = cu::test::thrown_message<cu::CudaError>(
+        [&] { cu::launch(read_dynamic_shared, 1, 32, 32 * sizeof(unsigned), stream, words.data()); });
+    CHECK(contains(dynamic, "uninitialised shared memory (initcheck): a read of 4 bytes at dynamic shared memory + 0"));
+}
+
+GEMMA3_CUDA_TEST_CASE("the access checker accepts correct kernels: barriers, __syncwarp, reuse across blocks") {
+    const emulator::ScopedSettings restore;
+    emulator::set_access_checks(true);
+    emulator::set_shuffle_seed(std::nullopt);  // the messages name the threads of the documented order
+    const int blocks = 6;
+    const std::vector<float> x = cu::test::random_floats(blocks * 64, -1.0f, 1.0f, 8u);
+    const auto device_x = cu::DeviceBuffer<float>::from_host(x);
+    cu::DeviceBuffer<float> out(blocks * 64), sums(blocks);
+    cu::Stream stream;
+    cu::launch(warp_swap, blocks, 64, 0, stream, device_x.data(), out.data());
+    const std::vector<float> swapped = out.download();
+    int wrong = 0;
+    for (int i = 0; i < blocks * 64; ++i)
+        if (swapped[i] != x[i ^ 1] + (x[i ^ 3] + x[i ^ 2])) ++wrong;
+    CHECK(wrong == 0);
+    cu::launch(block_sum<64>, blocks, 64, 0, stream, device_x.data(), sums.data());
+    cu::DeviceBuffer<int> foreign(1);
+    foreign.fill_bytes(0);
+    cu::launch(shared_isolation, 8, 128, 0, stream, foreign.data());
+    CHECK(foreign.download()[0] == 0);
+}
+
+GEMMA3_CUDA_TEST_CASE("the shuffled schedule changes the order of threads and blocks, not correct results") {
+    const emulator::ScopedSettings restore;
+    emulator::set_access_checks(false);  // racy_block_sum below
+    emulator::set_worker_threads(1);
+    cu::Stream stream;
+    const int blocks = 16, threads = 64;
+    cu::DeviceBuffer<int> last(blocks), slot(1);
+    std::vector<int> in_order(blocks, threads - 1);
+    emulator::set_shuffle_seed(std::nullopt);
+    cu::launch(last_writer, blocks, threads, 0, stream, last.data());
+    CHECK(last.download() == in_order);
+    slot.fill_bytes(0xFF);
+    cu::launch(first_block, blocks, threads, 0, stream, slot.data());
+    CHECK(slot.download()[0] == 0);
+
+    const std::vector<float> x = cu::test::random_floats(blocks * threads, -1.0f, 1.0f, 3u);
+    const auto device_x = cu::DeviceBuffer<float>::from_host(x);
+    cu::DeviceBuffer<float> sums(blocks);
+    cu::launch(block_sum<64>, blocks, threads, 0, stream, device_x.data(), sums.data());
+    const std::vector<float> correct = sums.download();
+    cu::launch(racy_block_sum<64>, blocks, threads, 0, stream, device_x.data(), sums.data());
+    const std::vector<float> racy_in_order = sums.download();
+
+    bool other_last = false, other_first = false, racy_changed = false;
+    for (std::uint64_t seed = 1; seed <= 4; ++seed) {
+        emulator::set_shuffle_seed(seed);
+        cu::launch(last_writer, blocks, threads, 0, stream, last.data());
+        other_last = other_last || last.download() != in_order;
+        slot.fill_bytes(0xFF);
+        cu::launch(first_block, blocks, threads, 0, stream, slot.data());
+        other_first = other_first || slot.download()[0] != 0;
+        cu::launch(block_sum<64>, blocks, threads, 0, stream, device_x.data(), sums.data());
+        CHECK(sums.download() == correct);  // a correct kernel: the same bits in any order
+        cu::launch(racy_block_sum<64>, blocks, threads, 0, stream, device_x.data(), sums.data());
+        racy_changed = racy_changed || sums.download() != racy_in_order;
+    }
+    CHECK(other_last);
+    CHECK(other_first);
+    CHECK(racy_changed);  // comparing the two schedules' results exposes the race
 }

@@ -14,7 +14,8 @@
 //  - the runtime API subset (runtime_api.hpp) and the cuBLASLt subset
 //    (cublas_lt.hpp).
 // How kernels execute (fibers, barriers, shared memory, parallel blocks) is described in
-// scheduler.hpp.
+// scheduler.hpp; the shared-memory access checker (racecheck, initcheck) and the shuffled schedule
+// in checker.hpp.
 //
 // Rules for kernel source that must run in both builds:
 //  - no inline PTX, no `extern __shared__` (use gemma3::cuda::dynamic_shared<T>()), no

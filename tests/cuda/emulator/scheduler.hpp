@@ -10,7 +10,10 @@
 //    warp collective (__syncwarp, shuffles, votes), or returns. When no thread can run, the
 //    scheduler resolves what can be resolved: warp collectives whose named lanes have all arrived,
 //    then the block barrier once every live thread waits at it. Threads are resumed in increasing
-//    linear index (x fastest, then y, then z); warps are consecutive groups of 32 of them.
+//    linear index (x fastest, then y, then z); warps are consecutive groups of 32 of them. The
+//    shuffled schedule (GEMMA3_CUDA_EMULATOR_SHUFFLE=<seed>, set_shuffle_seed(); see checker.hpp)
+//    resumes them in a pseudo-random order instead, drawn anew for every round, and starts the
+//    blocks of a launch in a pseudo-random order.
 //  - Divergence is an error, never a hang: threads that exited while others wait at
 //    __syncthreads(), threads waiting at different __syncthreads() calls (identified by source
 //    location), a warp collective that names an exited lane, different intrinsics or masks in one
@@ -23,7 +26,8 @@
 //    (zero for the first): indeterminate but safe to read, as on the device; kernels and tests must
 //    not rely on zero initialisation. Dynamic shared memory is allocated per block with exactly the
 //    requested size (so AddressSanitizer sees overruns) and filled with 0xFF bytes (float NaN,
-//    integer -1) to expose reads before writes.
+//    integer -1) to expose reads before writes. With the access checker built (checker.hpp), a
+//    read of shared memory the block has not written, static or dynamic, fails the launch.
 //  - A fiber stack overflow hits the guard zone; a SIGSEGV handler (installed by every launch that
 //    finds it missing, running on an alternate signal stack and chaining to the handler it
 //    replaced for other faults)
@@ -34,6 +38,7 @@
 //    current (Boost 1.74's fcontext fibers do not do this themselves).
 #pragma once
 
+#include "checker.hpp"
 #include "types.hpp"
 
 #include <boost/context/fiber.hpp>
@@ -46,6 +51,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cerrno>
 #include <charconv>
 #include <cstdint>
@@ -121,6 +127,24 @@ inline std::atomic<std::size_t>& stack_bytes_setting() {
     return bytes;
 }
 
+// GEMMA3_CUDA_EMULATOR_SHUFFLE=<seed>: the shuffled schedule (checker.hpp); unset or empty: off.
+struct ShuffleSetting {
+    std::atomic<bool> on{false};
+    std::atomic<std::uint64_t> seed{0};
+};
+inline ShuffleSetting& shuffle_setting() {
+    static ShuffleSetting* setting = [] {
+        auto* made = new ShuffleSetting();  // never freed: read by launches until the process ends
+        const char* text = std::getenv("GEMMA3_CUDA_EMULATOR_SHUFFLE");
+        if (text != nullptr && *text != '\0') {
+            made->seed.store(read_environment_count("GEMMA3_CUDA_EMULATOR_SHUFFLE", 0));
+            made->on.store(true);
+        }
+        return made;
+    }();
+    return *setting;
+}
+
 inline std::atomic<int>& worker_threads_setting() {
     static std::atomic<int> threads{
         static_cast<int>(std::min<std::size_t>(read_environment_count("GEMMA3_CUDA_EMULATOR_THREADS", 0), 4096))};
@@ -143,13 +167,30 @@ inline void set_worker_threads(int count) {
     detail::worker_threads_setting().store(count);
 }
 
+// The shuffled schedule (checker.hpp): the seed, or nothing when launches run blocks and threads
+// in order. GEMMA3_CUDA_EMULATOR_SHUFFLE sets the initial value.
+inline std::optional<std::uint64_t> shuffle_seed() {
+    const detail::ShuffleSetting& setting = detail::shuffle_setting();
+    if (!setting.on.load()) return std::nullopt;
+    return setting.seed.load();
+}
+inline void set_shuffle_seed(std::optional<std::uint64_t> seed) {
+    detail::ShuffleSetting& setting = detail::shuffle_setting();
+    setting.seed.store(seed.value_or(0));
+    setting.on.store(seed.has_value());
+}
+
 // Restores the emulator settings it found when it goes out of scope (for tests).
 class ScopedSettings {
 public:
-    ScopedSettings() : stack_bytes_(stack_bytes()), worker_threads_(worker_threads()) {}
+    ScopedSettings()
+        : stack_bytes_(stack_bytes()), worker_threads_(worker_threads()), shuffle_seed_(shuffle_seed()),
+          access_checks_(access_checks()) {}
     ~ScopedSettings() {
         detail::stack_bytes_setting().store(stack_bytes_);
         detail::worker_threads_setting().store(worker_threads_);
+        set_shuffle_seed(shuffle_seed_);
+        set_access_checks(access_checks_);
     }
     ScopedSettings(const ScopedSettings&) = delete;
     ScopedSettings& operator=(const ScopedSettings&) = delete;
@@ -157,6 +198,8 @@ public:
 private:
     std::size_t stack_bytes_;
     int worker_threads_;
+    std::optional<std::uint64_t> shuffle_seed_;
+    bool access_checks_;
 };
 
 namespace detail {
@@ -164,8 +207,27 @@ namespace detail {
 using api::dim3;
 using api::uint3;
 
+// splitmix64: the pseudo-random numbers of the shuffled schedule.
+inline std::uint64_t mix_bits(std::uint64_t value) noexcept {
+    value += 0x9E37'79B9'7F4A'7C15ull;
+    value = (value ^ (value >> 30)) * 0xBF58'476D'1CE4'E5B9ull;
+    value = (value ^ (value >> 27)) * 0x94D0'49BB'1331'11EBull;
+    return value ^ (value >> 31);
+}
+
+// A uniformly shuffled 0..count-1 (Fisher-Yates); `state` advances.
+inline void shuffle_order(std::vector<unsigned>& order, std::size_t count, std::uint64_t& state) {
+    order.resize(count);
+    for (std::size_t i = 0; i < count; ++i) order[i] = static_cast<unsigned>(i);
+    for (std::size_t i = count; i > 1; --i) {
+        state = mix_bits(state);
+        std::swap(order[i - 1], order[state % i]);
+    }
+}
+
 // --- What a launch asks for ----------------------------------------------------------------------
 struct KernelLaunch {
+    std::optional<std::uint64_t> shuffle_seed;  // set by run_grid: the shuffled schedule of this launch
     const void* kernel_address = nullptr;
     void (*entry)(const void* closure) = nullptr;  // runs the kernel body for the current thread
     const void* closure = nullptr;
@@ -518,6 +580,7 @@ struct Worker {
     AlternateSignalStack signal_stack;
     StackPool stacks;
     std::vector<EmulatedThread> threads;
+    std::vector<unsigned> order;  // the resume order of a round (shuffled schedule)
 };
 
 inline Worker& this_worker() {
@@ -571,6 +634,7 @@ public:
         tls_block_dim = launch_.block;
         tls_grid_dim = launch_.grid;
         tls_dynamic_shared = shared_.data();
+        check::block_begin(count, shared_.data(), launch_.dynamic_shared_bytes);
         const std::size_t usable = stack_bytes();
         for (unsigned i = 0; i < count; ++i) {
             EmulatedThread& thread = threads[i];
@@ -580,12 +644,27 @@ public:
                 std::allocator_arg, FiberStackAllocator{&worker_.stacks, &thread, usable},
                 [this, &thread](boost::context::fiber&& scheduler) { return fiber_main(thread, std::move(scheduler)); });
         }
+        std::uint64_t shuffle_state = 0;
+        if (launch_.shuffle_seed)
+            shuffle_state = mix_bits(*launch_.shuffle_seed ^
+                                     mix_bits(block_index_.x + (std::uint64_t{block_index_.y} << 21) +
+                                              (std::uint64_t{block_index_.z} << 42)));
         try {
             for (;;) {
-                for (EmulatedThread& thread : threads) {
-                    if (thread.wait != Wait::ready) continue;
-                    resume(thread);
-                    if (fault_) throw KernelFault(*fault_);
+                if (launch_.shuffle_seed) {
+                    shuffle_order(worker_.order, count, shuffle_state);
+                    for (const unsigned i : worker_.order) {
+                        EmulatedThread& thread = threads[i];
+                        if (thread.wait != Wait::ready) continue;
+                        resume(thread);
+                        if (fault_) throw KernelFault(*fault_);
+                    }
+                } else {
+                    for (EmulatedThread& thread : threads) {
+                        if (thread.wait != Wait::ready) continue;
+                        resume(thread);
+                        if (fault_) throw KernelFault(*fault_);
+                    }
                 }
                 if (exited_ == count) break;
                 if (resolve_warp_collectives()) continue;
@@ -606,6 +685,10 @@ public:
     }
 
     unsigned thread_count() const noexcept { return static_cast<unsigned>(worker_.threads.size()); }
+
+    // A fault found outside the kernel's own code (the access checker): fails the launch when the
+    // running thread next yields.
+    void report_fault(std::string message) { record_fault(std::move(message)); }
 
 private:
     boost::context::fiber fiber_main(EmulatedThread& thread, boost::context::fiber&& scheduler) {
@@ -660,6 +743,7 @@ private:
     }
 
     void clear_thread_state() noexcept {
+        check::block_end();
         tls_block = nullptr;
         tls_dynamic_shared = nullptr;
         tls_block_idx = {};
@@ -731,6 +815,7 @@ private:
         }
         for (unsigned lane = 0; lane < 32; ++lane)
             if (((mask >> lane) & 1u) != 0) threads[warp_base + lane].wait = Wait::ready;
+        if (threads[warp_base + std::countr_zero(mask)].warp_op == WarpOp::syncwarp) check::warp_synchronized(warp_base / 32);
     }
 
     // The lane a shuffle reads, following the pseudo-code of PTX's shfl.sync: the operand's low five
@@ -804,6 +889,7 @@ private:
             }
             thread.wait = Wait::ready;
         }
+        check::barrier();
         return true;
     }
 
@@ -907,9 +993,9 @@ inline std::uint64_t warp_collective(WarpOp op, std::uint32_t mask, std::uint64_
 // --- A grid ---------------------------------------------------------------------------------------
 // Runs every block; throws KernelFault with the fault of the lowest-numbered failing block among
 // those that ran (after a fault, blocks not yet started are skipped).
-inline void run_grid(const KernelLaunch& launch) {
+inline void run_grid(const KernelLaunch& requested) {
     install_stack_overflow_handler();
-    const std::uint64_t gx = launch.grid.x, gy = launch.grid.y, gz = launch.grid.z;
+    const std::uint64_t gx = requested.grid.x, gy = requested.grid.y, gz = requested.grid.z;
     const std::uint64_t blocks = gx * gy * gz;
     std::atomic<bool> failed{false};
     std::mutex failure_mutex;
@@ -917,8 +1003,17 @@ inline void run_grid(const KernelLaunch& launch) {
     std::string failure;
     static std::atomic<std::uint64_t> launches{0};
     const std::uint64_t launch_serial = ++launches;
-    const auto run_block = [&](std::uint64_t linear) {
+    KernelLaunch launch = requested;
+    // Shuffled schedule: a seed per launch, and the blocks in a shuffled order.
+    std::vector<unsigned> block_order;
+    if (const std::optional<std::uint64_t> seed = shuffle_seed()) {
+        launch.shuffle_seed = mix_bits(*seed ^ mix_bits(launch_serial));
+        std::uint64_t state = *launch.shuffle_seed;
+        if (blocks <= (std::uint64_t{1} << 24)) shuffle_order(block_order, static_cast<std::size_t>(blocks), state);
+    }
+    const auto run_block = [&](std::uint64_t position) {
         if (failed.load(std::memory_order_relaxed)) return;
+        const std::uint64_t linear = block_order.empty() ? position : block_order[position];
         thread_local std::uint64_t checked_launch = 0;
         if (checked_launch != launch_serial) {
             this_worker().signal_stack.ensure();
