@@ -267,12 +267,7 @@ public:
     // ([n, vocab]) when all_logits, else of the last one ([1, vocab]).
     ConstMatrixView<T> append(std::span<const std::int32_t> tokens, bool all_logits = false) {
         const Index n = static_cast<Index>(tokens.size());
-        if (n == 0) throw std::invalid_argument("Generator::append: no tokens");
-        if (cache_.length() + n > cache_.max_positions()) {
-            throw std::length_error("Generator::append: " + std::to_string(cache_.length() + n) +
-                                    " positions exceed the cache's limit of " + std::to_string(cache_.max_positions()) +
-                                    " (context_length " + std::to_string(D::context) + ")");
-        }
+        check_generator_append(n, cache_.length(), cache_.max_positions(), D::context);
         check_token_ids(tokens, D::vocab);
         rope_.template ensure<C>(cache_.length() + n);
         logits_.resize(static_cast<std::size_t>((all_logits ? n : 1) * D::vocab));

@@ -10,11 +10,24 @@
 #include <random>
 #include <span>
 #include <stdexcept>
+#include <string>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
 namespace gemma3 {
+
+// The checks every generator (CPU and CUDA) makes before appending n tokens to a cache holding
+// `length` of at most `max_positions`: at least one token, and room for all of them.
+inline void check_generator_append(std::int64_t n, std::int64_t length, std::int64_t max_positions,
+                                   std::int64_t context_length) {
+    if (n == 0) throw std::invalid_argument("Generator::append: no tokens");
+    if (length + n > max_positions) {
+        throw std::length_error("Generator::append: " + std::to_string(length + n) +
+                                " positions exceed the cache's limit of " + std::to_string(max_positions) +
+                                " (context_length " + std::to_string(context_length) + ")");
+    }
+}
 
 struct SamplingSettings {
     double temperature = 1.0;  // 0: greedy (argmax)

@@ -252,12 +252,7 @@ public:
     // valid until the next call.
     ConstMatrixView<float> append(std::span<const std::int32_t> tokens, bool all_logits = false) {
         const Index n = static_cast<Index>(tokens.size());
-        if (n == 0) throw std::invalid_argument("Generator::append: no tokens");
-        if (cache_.length() + n > cache_.max_positions()) {
-            throw std::length_error("Generator::append: " + std::to_string(cache_.length() + n) +
-                                    " positions exceed the cache's limit of " + std::to_string(cache_.max_positions()) +
-                                    " (context_length " + std::to_string(D::context) + ")");
-        }
+        check_generator_append(n, cache_.length(), cache_.max_positions(), D::context);
         check_token_ids(tokens, D::vocab);
         host_logits_.resize(static_cast<std::size_t>((all_logits ? n : 1) * D::vocab));
         for (Index c0 = 0; c0 < n; c0 += chunk_) {
