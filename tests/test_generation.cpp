@@ -127,6 +127,77 @@ TEST_CASE("cached decoding equals a full recompute at every step, far past the s
     }
 }
 
+// attention_with_cache splits the cache into spans of slots and combines their softmax pieces
+// (flash-decoding). Whatever the span, the result is the plain softmax over the visible keys, written
+// here directly in double: the same sums in another order, so 1e-12 relative.
+TEST_CASE("attention against the cache is the plain softmax over visible keys, whatever the span") {
+    std::mt19937 rng(21);
+    std::normal_distribution<double> normal(0.0, 1.0);
+    const auto random_matrix = [&](Index rows, Index cols) {
+        RowMatrix<double> m(rows, cols);
+        for (Index i = 0; i < m.size(); ++i) m.data()[i] = normal(rng);
+        return m;
+    };
+    const auto view = [](const RowMatrix<double>& m) { return const_view(m.data(), m.rows(), m.cols()); };
+    const Index heads = 4, kv_heads = 2, dh = 8;
+    struct Case {
+        Index window, limit, p0, n;  // window 0: full attention; a sliding layer's ring has `limit` slots
+    };
+    // Sliding rings that have wrapped (p0 past the window) and not, a full cache with unused slots,
+    // single-token decoding and chunks.
+    for (const Case c : {Case{5, 5, 12, 1}, Case{5, 5, 12, 4}, Case{5, 5, 3, 2}, Case{0, 40, 17, 1}, Case{0, 40, 17, 6}}) {
+        CAPTURE(c.window);
+        CAPTURE(c.p0);
+        CAPTURE(c.n);
+        const AttentionShape shape{1, c.p0 + c.n, heads, kv_heads, dh, c.window, 0.35};
+        LayerKvCache<double> cache;
+        cache.ring = c.window > 0;
+        cache.limit = c.limit;
+        cache.width = kv_heads * dh;
+        cache.reserve(c.window > 0 ? c.limit : c.p0 + 9);  // a full layer's cache larger than its positions
+        const auto cached_k = random_matrix(cache.capacity(), cache.width), cached_v = random_matrix(cache.capacity(), cache.width);
+        std::copy_n(cached_k.data(), cached_k.size(), cache.k.data());
+        std::copy_n(cached_v.data(), cached_v.size(), cache.v.data());
+        for (Index pos = 0; pos < c.p0; ++pos) cache.position[static_cast<std::size_t>(cache.slot(pos))] = static_cast<std::int32_t>(pos);
+        const auto q = random_matrix(c.n, heads * dh), k_new = random_matrix(c.n, cache.width), v_new = random_matrix(c.n, cache.width);
+
+        // The reference: every visible key of token r (position p0 + r), from the cache or the chunk.
+        RowMatrix<double> expected(c.n, heads * dh);
+        for (Index r = 0; r < c.n; ++r) {
+            const Index first = shape.first_key(c.p0 + r);
+            for (Index h = 0; h < heads; ++h) {
+                const Index g = h / (heads / kv_heads);
+                std::vector<std::pair<double, Eigen::RowVectorXd>> terms;  // (score, value)
+                const auto query = q.row(r).segment(h * dh, dh);
+                for (Index slot = 0; slot < cache.capacity(); ++slot) {
+                    const Index pos = cache.position[static_cast<std::size_t>(slot)];
+                    if (pos < 0 || pos < first) continue;
+                    terms.emplace_back(shape.scale * query.dot(cached_k.row(slot).segment(g * dh, dh)), cached_v.row(slot).segment(g * dh, dh));
+                }
+                for (Index j = 0; j <= r; ++j) {
+                    if (c.p0 + j < first) continue;
+                    terms.emplace_back(shape.scale * query.dot(k_new.row(j).segment(g * dh, dh)), v_new.row(j).segment(g * dh, dh));
+                }
+                double max = -1e300, sum = 0;
+                for (const auto& t : terms) max = std::max(max, t.first);
+                Eigen::RowVectorXd o = Eigen::RowVectorXd::Zero(dh);
+                for (const auto& t : terms) {
+                    sum += std::exp(t.first - max);
+                    o += std::exp(t.first - max) * t.second;
+                }
+                expected.row(r).segment(h * dh, dh) = o / sum;
+            }
+        }
+        for (const Index span : {Index{1}, Index{3}, Index{256}}) {
+            CAPTURE(span);
+            RowMatrix<double> out(c.n, heads * dh);
+            attention_with_cache<double>(view(q), view(k_new), view(v_new), cache, c.p0, shape,
+                                         matrix_view(out.data(), c.n, heads * dh), span);
+            CHECK(relative_difference(view(out), view(expected)) <= 1e-12);
+        }
+    }
+}
+
 TEST_CASE("the seed config's KV cache at 32,768 tokens is window-sized on its 15 sliding layers") {
     // 2 (K, V) x (15 x 512 + 3 x 32768) positions x 1 kv head x 256 values x 4 bytes.
     CHECK(KvCache<configs::Gemma3_270M, float>::bytes_for(32768) == std::size_t{2} * (15 * 512 + 3 * 32768) * 256 * 4);

@@ -22,6 +22,7 @@
 #include <gemma3/ops/rope.hpp>
 #include <gemma3/core/parameters.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <span>
 
@@ -34,11 +35,15 @@ struct RopeTables {
 
     const RopeTable<T>& for_kind(AttentionKind kind) const { return kind == AttentionKind::sliding ? local : global; }
 
+    // Covers at least [0, positions). A table that must grow at least doubles (up to the context),
+    // so a decoder asking for one more position per token rebuilds it O(log T) times, not T times
+    // (rebuilding per token cost more than the rest of a decode step at a few thousand tokens).
     template <ModelConfig C>
     void ensure(Index positions) {
         if (local.positions >= positions) return;
-        local = RopeTable<T>(C::rope_local_base, C::head_dim, positions);
-        global = RopeTable<T>(C::rope_base, C::head_dim, positions);
+        const Index grown = std::max(positions, std::min<Index>(2 * local.positions, Dims<C>::context));
+        local = RopeTable<T>(C::rope_local_base, C::head_dim, grown);
+        global = RopeTable<T>(C::rope_base, C::head_dim, grown);
     }
 };
 

@@ -112,61 +112,130 @@ private:
     std::array<LayerKvCache<T>, D::layers> layers_;
 };
 
+// Cache slots one task of attention_with_cache takes: small enough that a long cache splits into
+// several tasks per thread (decoding one token has one query row per head and only kv_heads groups
+// to share out), large enough that each task's products run at the GEMM's speed.
+inline constexpr Index cache_key_span = 256;
+
+namespace detail {
+// One group's query rows against one set of keys: the scaled scores, masked, turned into exp(s - m)
+// with m each row's largest visible score; writes m and the row sums of the exponentials, and the
+// unnormalised output exp(S - m) V. Masked keys contribute exactly 0. A row that sees none of these
+// keys gets m = lowest, sum 0 and output 0, so the combination below gives it weight 0.
+template <class T, class Visible>
+void attend_to_keys(ConstMatrixView<T> q, ConstMatrixView<T> keys, ConstMatrixView<T> values, T scale,
+                    const Visible& visible, RowMatrix<T>& scores, T* row_max, T* row_sum, MatrixView<T> out) {
+    const Index rows = q.rows(), count = keys.rows();
+    const T lowest = std::numeric_limits<T>::lowest();
+    scores.resize(rows, count);
+    gemm(q, Op::none, keys, Op::transpose, matrix_view(scores.data(), rows, count), scale);
+    for (Index row = 0; row < rows; ++row) {
+        auto s = scores.row(row);
+        T max = lowest;
+        bool all_visible = true;
+        for (Index c = 0; c < count; ++c) {
+            if (visible(row, c)) {
+                max = std::max(max, s(c));
+            } else {
+                all_visible = false;
+            }
+        }
+        row_max[row] = max;
+        if (max == lowest) {
+            s.setZero();
+            row_sum[row] = 0;
+            continue;
+        }
+        s = (s.array() - max).exp().matrix();  // vectorised; masked entries are zeroed next
+        if (!all_visible) {
+            for (Index c = 0; c < count; ++c)
+                if (!visible(row, c)) s(c) = 0;
+        }
+        row_sum[row] = s.sum();
+    }
+    gemm(matrix_view(scores.data(), rows, count), Op::none, values, Op::none, out);
+}
+}  // namespace detail
+
 // Attention of a chunk of queries at positions [p0, p0 + n) against the cache (positions < p0) and
 // the chunk's own keys. q [n, H*Dh], k_new/v_new [n, Hk*Dh]; out [n, H*Dh].
+//
+// The work is split like flash-decoding: for each kv group, the query rows of all its heads are
+// stacked (so the group's cached K and V are read once, not once per head), and the keys are cut
+// into the chunk's own keys plus spans of `span` cache slots. Each (group, span) task, run in
+// parallel, computes its softmax pieces (row max m_s, row sum l_s of exp(S - m_s), output O_s);
+// then each row combines them exactly: out = sum_s e^(m_s - M) O_s / sum_s e^(m_s - M) l_s, M the
+// largest m_s. A 16,000-token cache thus spreads over every thread even with one kv head.
 template <class T>
 void attention_with_cache(ConstMatrixView<T> q, ConstMatrixView<T> k_new, ConstMatrixView<T> v_new,
-                          const LayerKvCache<T>& cache, Index p0, const AttentionShape& s, MatrixView<T> out) {
-    const Index n = q.rows(), dh = s.head_dim, cached = cache.capacity();
+                          const LayerKvCache<T>& cache, Index p0, const AttentionShape& s, MatrixView<T> out,
+                          Index span = cache_key_span) {
+    const Index n = q.rows(), dh = s.head_dim, groups = s.kv_heads, per_group = s.heads_per_kv();
+    const Index rows = per_group * n;  // a group's stacked query rows: row j * n + r is head j of token r
+    // Slots that can hold a position before p0: [0, p0) on a full layer (slot = position); the
+    // whole ring on a sliding one once it has wrapped.
+    const Index live = std::min(p0, cache.capacity());
+    const Index cache_tasks = (live + span - 1) / span;
+    const Index tasks = cache_tasks + 1;  // + the chunk's own keys
     const T scale = static_cast<T>(s.scale);
-    const T lowest = std::numeric_limits<T>::lowest();
-#pragma omp parallel for schedule(static)
-    for (Index h = 0; h < s.heads; ++h) {
-        const Index g = h / s.heads_per_kv();
-        const auto qh = sub_view(q, 0, h * dh, n, dh);
-        RowMatrix<T> scores_cache(n, cached), scores_new(n, n);
-        if (cached > 0) {
-            gemm(qh, Op::none, const_view(cache.k.data() + g * dh, cached, dh, cache.width), Op::transpose,
-                 matrix_view(scores_cache.data(), n, cached), scale);
+    RowMatrix<T> stacked(groups * rows, dh);
+    RowMatrix<T> partial_out(groups * tasks * rows, dh);
+    Buffer<T> partial_max(static_cast<std::size_t>(groups * tasks * rows)), partial_sum(partial_max.size());
+    std::vector<Index> first(static_cast<std::size_t>(n));  // each token's first visible position
+    for (Index r = 0; r < n; ++r) first[static_cast<std::size_t>(r)] = s.first_key(p0 + r);
+    const std::int32_t* position = cache.position.data();
+#pragma omp parallel
+    {
+#pragma omp for collapse(2) schedule(static)
+        for (Index g = 0; g < groups; ++g) {
+            for (Index j = 0; j < per_group; ++j) {
+                stacked.middleRows(g * rows + j * n, n) = sub_view(q, 0, (g * per_group + j) * dh, n, dh);
+            }
         }
-        gemm(qh, Op::none, sub_view(k_new, 0, g * dh, n, dh), Op::transpose, matrix_view(scores_new.data(), n, n), scale);
-        for (Index r = 0; r < n; ++r) {
-            const Index i = p0 + r, first = s.first_key(i);
-            T max = lowest;
-            for (Index c = 0; c < cached; ++c) {
-                const Index pos = cache.position[static_cast<std::size_t>(c)];
-                if (pos < first || pos < 0) {
-                    scores_cache(r, c) = lowest;  // marked; becomes exactly 0 below
-                } else {
-                    max = std::max(max, scores_cache(r, c));
+        RowMatrix<T> scores;
+#pragma omp for collapse(2) schedule(dynamic)
+        for (Index g = 0; g < groups; ++g) {
+            for (Index t = 0; t < tasks; ++t) {
+                const auto q_g = const_view(stacked.data() + g * rows * dh, rows, dh);
+                const Index at = (g * tasks + t) * rows;
+                auto o = matrix_view(partial_out.data() + at * dh, rows, dh);
+                T* m = partial_max.data() + at;
+                T* l = partial_sum.data() + at;
+                if (t == cache_tasks) {  // the chunk's own keys: causal, and within the window
+                    const auto visible = [&](Index row, Index c) {
+                        const Index r = row % n;
+                        return c <= r && p0 + c >= first[static_cast<std::size_t>(r)];
+                    };
+                    detail::attend_to_keys(q_g, sub_view(k_new, 0, g * dh, n, dh), sub_view(v_new, 0, g * dh, n, dh),
+                                           scale, visible, scores, m, l, o);
+                } else {  // cache slots [c0, c0 + count): a position, and within the window
+                    const Index c0 = t * span, count = std::min(span, live - c0);
+                    const auto visible = [&](Index row, Index c) {
+                        const std::int32_t pos = position[c0 + c];  // -1: an empty slot
+                        return pos >= 0 && pos >= first[static_cast<std::size_t>(row % n)];
+                    };
+                    detail::attend_to_keys(q_g, const_view(cache.k.data() + c0 * cache.width + g * dh, count, dh, cache.width),
+                                           const_view(cache.v.data() + c0 * cache.width + g * dh, count, dh, cache.width),
+                                           scale, visible, scores, m, l, o);
                 }
             }
-            for (Index c = 0; c < n; ++c) {
-                if (c > r || p0 + c < first) {
-                    scores_new(r, c) = lowest;
-                } else {
-                    max = std::max(max, scores_new(r, c));
-                }
-            }
-            T sum = 0;
-            for (Index c = 0; c < cached; ++c) {
-                T& e = scores_cache(r, c);
-                e = e == lowest ? T(0) : std::exp(e - max);
-                sum += e;
-            }
-            for (Index c = 0; c < n; ++c) {
-                T& e = scores_new(r, c);
-                e = e == lowest ? T(0) : std::exp(e - max);
-                sum += e;
-            }
-            scores_cache.row(r) /= sum;
-            scores_new.row(r) /= sum;
         }
-        auto oh = sub_view(out, 0, h * dh, n, dh);
-        gemm(matrix_view(scores_new.data(), n, n), Op::none, sub_view(v_new, 0, g * dh, n, dh), Op::none, oh);
-        if (cached > 0) {
-            gemm(matrix_view(scores_cache.data(), n, cached), Op::none,
-                 const_view(cache.v.data() + g * dh, cached, dh, cache.width), Op::none, oh, T(1), T(1));
+#pragma omp for collapse(2) schedule(static)
+        for (Index g = 0; g < groups; ++g) {
+            for (Index row = 0; row < rows; ++row) {
+                T max = std::numeric_limits<T>::lowest();
+                for (Index t = 0; t < tasks; ++t) max = std::max(max, partial_max[static_cast<std::size_t>((g * tasks + t) * rows + row)]);
+                T sum = 0;
+                auto o = out.row(row % n).segment((g * per_group + row / n) * dh, dh);
+                o.setZero();
+                for (Index t = 0; t < tasks; ++t) {
+                    const Index at = (g * tasks + t) * rows + row;
+                    const T weight = std::exp(partial_max[static_cast<std::size_t>(at)] - max);  // 0 for a task that saw no key
+                    sum += weight * partial_sum[static_cast<std::size_t>(at)];
+                    o += weight * partial_out.row(at);
+                }
+                o /= sum;  // > 0: every token sees at least itself
+            }
         }
     }
 }

@@ -12,6 +12,7 @@
 
 #include <cmath>
 #include <span>
+#include <vector>
 
 namespace gemma3 {
 
@@ -28,10 +29,11 @@ struct RopeTable {
         const int half = head_dim / 2;
         cos.resize(static_cast<std::size_t>(positions * half));
         sin.resize(cos.size());
+        std::vector<double> inv_freq(static_cast<std::size_t>(half));
+        for (int d = 0; d < half; ++d) inv_freq[static_cast<std::size_t>(d)] = 1.0 / std::pow(theta, 2.0 * d / head_dim);
         for (Index p = 0; p < positions; ++p) {
             for (int d = 0; d < half; ++d) {
-                const double inv_freq = 1.0 / std::pow(theta, 2.0 * d / head_dim);
-                const double angle = static_cast<double>(p) * inv_freq;
+                const double angle = static_cast<double>(p) * inv_freq[static_cast<std::size_t>(d)];
                 cos[static_cast<std::size_t>(p * half + d)] = static_cast<T>(std::cos(angle));
                 sin[static_cast<std::size_t>(p * half + d)] = static_cast<T>(std::sin(angle));
             }
