@@ -15,8 +15,8 @@
 // up to max_positions, all allocated when the generator is made. Slots fill in position order, so
 // the position a slot holds follows from the length alone (slot_position below); no position array.
 //
-// A chunk of new tokens at positions [p0, p0 + m) runs the model's block (the same ops, precisions
-// and order as Model<C, Cuda>::block_forward, RoPE at the explicit positions), with attention of
+// A chunk of new tokens at positions [p0, p0 + m) runs the model's own block (cuda::block_forward in
+// cuda/model.cuh, RoPE at the explicit positions), with attention of
 // the chunk's queries over the cache as it was before the chunk (positions < p0) plus the chunk's
 // own keys (causal); then the chunk's K and V are written into the cache. As on the CPU, the ring
 // never needs more than the window. The attention kernel is a simple one: one block per (query,
@@ -239,6 +239,18 @@ public:
         act_ = DeviceBuffer<bf16>(n * D::ffn);
         mlp_out_ = DeviceBuffer<bf16>(n * D::model);
         final_out_ = DeviceBuffer<bf16>(n * D::model);
+        activations_.input = x_.data();  // the block runs in place: x_ is also its output
+        activations_.attn_in = attn_in_.data();
+        activations_.qkv = qkv_.data();
+        activations_.q_rot = q_rot_.data();
+        activations_.k_rot = k_rot_.data();
+        activations_.attn = attn_.data();
+        activations_.attn_proj = attn_proj_.data();
+        activations_.mid = mid_.data();
+        activations_.mlp_in = mlp_in_.data();
+        activations_.gate_up = gate_up_.data();
+        activations_.act = act_.data();
+        activations_.mlp_out = mlp_out_.data();
     }
     Generator(const Generator&) = delete;
     Generator& operator=(const Generator&) = delete;
@@ -296,55 +308,28 @@ private:
         copy_to_host(host, logits_.data(), static_cast<std::size_t>(needed));
     }
 
-    // Model<C, Cuda>::block_forward for m tokens at positions [p0, p0 + m), attention over the cache.
+    // The model's block (cuda::block_forward) for m tokens at positions [p0, p0 + m), attending
+    // over the cache plus the chunk; then the chunk's K and V join the cache.
     void block_forward(int layer, Index m, Index p0) {
-        constexpr int DM = D::model, F = D::ffn, Q = D::q, KV = D::kv, QKV = D::qkv, H = D::heads, HK = D::kv_heads,
-                      DH = D::head;
-        const auto& w = weights_.blocks[static_cast<std::size_t>(layer)];
+        constexpr int Q = D::q, KV = D::kv, QKV = D::qkv, H = D::heads, HK = D::kv_heads, DH = D::head;
         const auto& table = D::kind(layer) == AttentionKind::sliding ? rope_local_ : rope_global_;
-        const auto view = [](const bf16* data, Index rows, Index cols) { return matrix_view<const bf16>(data, rows, cols, cols); };
-        const auto out_view = [](bf16* data, Index rows, Index cols) { return matrix_view<bf16>(data, rows, cols, cols); };
         const Stream& s = *stream_;
-
-        rmsnorm_forward<float, bf16>(s, token_rows<const float>(x_.data(), DM), w.input_norm, eps(), token_rows(attn_in_.data(), DM),
-                                     nullptr, m, DM);
-        linear_forward(*gemm_, s, view(attn_in_.data(), m, DM), view(w.q_proj, QKV, DM), out_view(qkv_.data(), m, QKV));
-        if constexpr (C::qk_norm) {
-            rmsnorm_forward<bf16, bf16>(s, head_rows<const bf16>(qkv_.data(), QKV, H), w.q_norm, eps(), head_rows(q_rot_.data(), Q, H),
-                                        nullptr, m, DH);
-            rmsnorm_forward<bf16, bf16>(s, head_rows<const bf16>(qkv_.data() + Q, QKV, HK), w.k_norm, eps(),
-                                        head_rows(k_rot_.data(), KV, HK), nullptr, m, DH);
-            rope_forward<bf16, bf16>(s, q_rot_.data(), Q, q_rot_.data(), Q, m, H, positions_.data(), table);
-            rope_forward<bf16, bf16>(s, k_rot_.data(), KV, k_rot_.data(), KV, m, HK, positions_.data(), table);
-        } else {
-            rope_forward<bf16, bf16>(s, qkv_.data(), QKV, q_rot_.data(), Q, m, H, positions_.data(), table);
-            rope_forward<bf16, bf16>(s, qkv_.data() + Q, QKV, k_rot_.data(), KV, m, HK, positions_.data(), table);
-        }
-        const bf16* v = qkv_.data() + Q + KV;
         auto& cache = cache_.layer(layer);
         const int ring = cache.ring ? static_cast<int>(cache.limit) : 0;
-        launch(kernels::cached_attention_kernel<>, LaunchGrid(static_cast<unsigned>(m), static_cast<unsigned>(H)),
-               kernels::cached_attention_threads, 0, s, static_cast<const bf16*>(q_rot_.data()), std::int64_t{Q},
-               static_cast<const bf16*>(k_rot_.data()), std::int64_t{KV}, v, std::int64_t{QKV},
-               static_cast<const bf16*>(cache.k.data()), static_cast<const bf16*>(cache.v.data()), std::int64_t{KV},
-               static_cast<int>(cache.used(p0)), ring, std::int64_t{p0}, H / HK, DH,
-               D::kind(layer) == AttentionKind::sliding ? static_cast<int>(D::window) : 0,
-               static_cast<float>(1.0 / std::sqrt(C::query_pre_attn_scalar)), attn_.data(), std::int64_t{Q});
-        launch(kernels::kv_cache_append_kernel<>, ops_detail::blocks_for(m * KV, 256), 256, 0, s,
-               static_cast<const bf16*>(k_rot_.data()), std::int64_t{KV}, v, std::int64_t{QKV}, cache.k.data(), cache.v.data(), KV,
-               static_cast<int>(m), std::int64_t{p0}, ring);
-        linear_forward(*gemm_, s, view(attn_.data(), m, Q), view(w.o_proj, DM, Q), out_view(attn_proj_.data(), m, DM));
-        // mid = x + post_attention_norm(attn_proj)
-        rmsnorm_forward<bf16, float>(s, token_rows<const bf16>(attn_proj_.data(), DM), w.post_attention_norm, eps(),
-                                     token_rows(mid_.data(), DM), nullptr, m, DM, x_.data(), DM);
-        rmsnorm_forward<float, bf16>(s, token_rows<const float>(mid_.data(), DM), w.pre_feedforward_norm, eps(),
-                                     token_rows(mlp_in_.data(), DM), nullptr, m, DM);
-        linear_forward(*gemm_, s, view(mlp_in_.data(), m, DM), view(w.gate_proj, 2 * F, DM), out_view(gate_up_.data(), m, 2 * F));
-        geglu_forward(s, gate_up_.data(), 2 * F, act_.data(), F, m, F);
-        linear_forward(*gemm_, s, view(act_.data(), m, F), view(w.down_proj, DM, F), out_view(mlp_out_.data(), m, DM));
-        // x = mid + post_feedforward_norm(mlp_out): the next block's input
-        rmsnorm_forward<bf16, float>(s, token_rows<const bf16>(mlp_out_.data(), DM), w.post_feedforward_norm, eps(),
-                                     token_rows(x_.data(), DM), nullptr, m, DM, mid_.data(), DM);
+        cuda::block_forward<C>(*gemm_, s, weights_.blocks[static_cast<std::size_t>(layer)], table, positions_.data(), m, activations_,
+                               x_.data(), [&](const bf16* q, const bf16* k, const bf16* v) {
+                                   launch(kernels::cached_attention_kernel<>, LaunchGrid(static_cast<unsigned>(m), static_cast<unsigned>(H)),
+                                          kernels::cached_attention_threads, 0, s, q, std::int64_t{Q}, k, std::int64_t{KV}, v,
+                                          std::int64_t{QKV}, static_cast<const bf16*>(cache.k.data()),
+                                          static_cast<const bf16*>(cache.v.data()), std::int64_t{KV}, static_cast<int>(cache.used(p0)),
+                                          ring, std::int64_t{p0}, H / HK, DH,
+                                          D::kind(layer) == AttentionKind::sliding ? static_cast<int>(D::window) : 0,
+                                          static_cast<float>(1.0 / std::sqrt(C::query_pre_attn_scalar)), activations_.attn,
+                                          std::int64_t{Q});
+                                   launch(kernels::kv_cache_append_kernel<>, ops_detail::blocks_for(m * KV, 256), 256, 0, s, k,
+                                          std::int64_t{KV}, v, std::int64_t{QKV}, cache.k.data(), cache.v.data(), KV,
+                                          static_cast<int>(m), std::int64_t{p0}, ring);
+                               });
     }
 
     Gemm* gemm_;
@@ -357,6 +342,7 @@ private:
     DeviceBuffer<std::int32_t> positions_;
     DeviceBuffer<float> x_, mid_, logits_;
     DeviceBuffer<bf16> attn_in_, qkv_, q_rot_, k_rot_, attn_, attn_proj_, mlp_in_, gate_up_, act_, mlp_out_, final_out_;
+    model_detail::BlockActivations activations_;  // the buffers above, as the block sees them (no norm statistics)
     std::vector<std::int32_t> positions_host_;
     std::vector<float> host_logits_;
 };

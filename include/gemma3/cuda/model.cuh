@@ -138,6 +138,58 @@ struct BlockActivations {
     float* mlp_out_rstd = nullptr;
 };
 
+}  // namespace model_detail
+
+// One decoder block on the device for n tokens: a.input -> out (the next block's input; may be
+// a.input itself). The twin of the CPU's block_forward (core/forward.hpp): the same ops in the same
+// order, bf16 storage between them and fp32 residual stream and statistics. Attention is the
+// caller's attend(q_rot, k_rot, v), which writes a.attn: the model attends over its sequences, the
+// generator (cuda/generation.cuh) over its KV cache. Norm statistics (the *_rstd members) are
+// written where not null; training keeps them for the backward.
+template <ModelConfig C, class BlockW, class Attend>
+void block_forward(Gemm& gemm, const Stream& s, const BlockW& w, const DeviceRopeTable& table, const std::int32_t* positions,
+                   std::int64_t n, const model_detail::BlockActivations& a, float* out, Attend&& attend) {
+    using Dims = gemma3::Dims<C>;
+    constexpr int D = Dims::model, F = Dims::ffn, Q = Dims::q, KV = Dims::kv, QKV = Dims::qkv, H = Dims::heads,
+                  HK = Dims::kv_heads, DH = Dims::head;
+    const float eps = static_cast<float>(C::rms_norm_eps);
+    const auto view = [](const bf16* data, std::int64_t rows, std::int64_t cols) { return matrix_view<const bf16>(data, rows, cols, cols); };
+    const auto out_view = [](bf16* data, std::int64_t rows, std::int64_t cols) { return matrix_view<bf16>(data, rows, cols, cols); };
+
+    // Attention branch: norm, one product for q|k|v, q/k norms, RoPE, attention, output projection.
+    rmsnorm_forward<float, bf16>(s, token_rows<const float>(a.input, D), w.input_norm, eps, token_rows(a.attn_in, D), a.input_rstd,
+                                 n, D);
+    linear_forward(gemm, s, view(a.attn_in, n, D), view(w.q_proj, QKV, D), out_view(a.qkv, n, QKV));
+    if constexpr (C::qk_norm) {
+        rmsnorm_forward<bf16, bf16>(s, head_rows<const bf16>(a.qkv, QKV, H), w.q_norm, eps, head_rows(a.q_rot, Q, H), a.q_rstd, n,
+                                    DH);
+        rmsnorm_forward<bf16, bf16>(s, head_rows<const bf16>(a.qkv + Q, QKV, HK), w.k_norm, eps, head_rows(a.k_rot, KV, HK),
+                                    a.k_rstd, n, DH);
+        rope_forward<bf16, bf16>(s, a.q_rot, Q, a.q_rot, Q, n, H, positions, table);
+        rope_forward<bf16, bf16>(s, a.k_rot, KV, a.k_rot, KV, n, HK, positions, table);
+    } else {
+        rope_forward<bf16, bf16>(s, a.qkv, QKV, a.q_rot, Q, n, H, positions, table);
+        rope_forward<bf16, bf16>(s, a.qkv + Q, QKV, a.k_rot, KV, n, HK, positions, table);
+    }
+    attend(static_cast<const bf16*>(a.q_rot), static_cast<const bf16*>(a.k_rot), static_cast<const bf16*>(a.qkv + Q + KV));
+    linear_forward(gemm, s, view(a.attn, n, Q), view(w.o_proj, D, Q), out_view(a.attn_proj, n, D));
+    // mid = input + post_attention_norm(attn_proj)
+    rmsnorm_forward<bf16, float>(s, token_rows<const bf16>(a.attn_proj, D), w.post_attention_norm, eps, token_rows(a.mid, D),
+                                 a.attn_proj_rstd, n, D, a.input, D);
+
+    // Feed-forward branch: norm, one product for gate|up, GeGLU, down projection.
+    rmsnorm_forward<float, bf16>(s, token_rows<const float>(a.mid, D), w.pre_feedforward_norm, eps, token_rows(a.mlp_in, D),
+                                 a.mid_rstd, n, D);
+    linear_forward(gemm, s, view(a.mlp_in, n, D), view(w.gate_proj, 2 * F, D), out_view(a.gate_up, n, 2 * F));
+    geglu_forward(s, a.gate_up, 2 * F, a.act, F, n, F);
+    linear_forward(gemm, s, view(a.act, n, F), view(w.down_proj, D, F), out_view(a.mlp_out, n, D));
+    // out = mid + post_feedforward_norm(mlp_out)
+    rmsnorm_forward<bf16, float>(s, token_rows<const bf16>(a.mlp_out, D), w.post_feedforward_norm, eps, token_rows(out, D),
+                                 a.mlp_out_rstd, n, D, a.mid, D);
+}
+
+namespace model_detail {
+
 struct BackwardScratch {
     float *d_x = nullptr, *d_x_next = nullptr;  // [N, D] residual gradient (ping-pong)
     bf16* d_mlp_out = nullptr;                  // [N, D]
@@ -455,54 +507,20 @@ private:
     }
 
     void block_forward(int layer, float* out) {
-        using cuda::head_rows;
-        using cuda::token_rows;
-        const auto& w = device_weights_.blocks[static_cast<std::size_t>(layer)];
-        auto& a = blocks_[static_cast<std::size_t>(layer)];
-        const std::int64_t n = shape_.batch * shape_.seq;
-        constexpr int D = Dims::model, F = Dims::ffn, Q = Dims::q, KV = Dims::kv, QKV = Dims::qkv, H = Dims::heads,
-                      HK = Dims::kv_heads, DH = Dims::head;
-        const auto& table = rope_table(layer);
-
-        // Attention branch: norm, one product for q|k|v, q/k norms, RoPE, attention, output projection.
-        cuda::rmsnorm_forward<float, bf16>(stream_, token_rows<const float>(a.input, D), w.input_norm, eps(),
-                                           token_rows(a.attn_in, D), a.input_rstd, n, D);
-        cuda::linear_forward(*gemm_, stream_, view(a.attn_in, n, D), view<bf16>(w.q_proj, QKV, D), mutable_view(a.qkv, n, QKV));
-        if constexpr (C::qk_norm) {
-            cuda::rmsnorm_forward<bf16, bf16>(stream_, head_rows<const bf16>(a.qkv, QKV, H), w.q_norm, eps(),
-                                              head_rows(a.q_rot, Q, H), a.q_rstd, n, DH);
-            cuda::rmsnorm_forward<bf16, bf16>(stream_, head_rows<const bf16>(a.qkv + Q, QKV, HK), w.k_norm, eps(),
-                                              head_rows(a.k_rot, KV, HK), a.k_rstd, n, DH);
-            cuda::rope_forward<bf16, bf16>(stream_, a.q_rot, Q, a.q_rot, Q, n, H, positions_, table);
-            cuda::rope_forward<bf16, bf16>(stream_, a.k_rot, KV, a.k_rot, KV, n, HK, positions_, table);
-        } else {
-            cuda::rope_forward<bf16, bf16>(stream_, a.qkv, QKV, a.q_rot, Q, n, H, positions_, table);
-            cuda::rope_forward<bf16, bf16>(stream_, a.qkv + Q, QKV, a.k_rot, KV, n, HK, positions_, table);
-        }
-        const bf16* v = a.qkv + Q + KV;
-        if (flash_) {
-            if constexpr (flash_capable) {
-                cuda::flash_attention_forward<DH>(stream_, attention_shape(layer), a.q_rot, Q, a.k_rot, KV, v, QKV, a.attn, Q, a.lse);
-            }
-        } else {
-            cuda::attention_forward(*gemm_, stream_, attention_shape(layer), a.q_rot, Q, a.k_rot, KV, v, QKV, scores_, a.probs, a.attn,
-                                    Q);
-        }
-        cuda::linear_forward(*gemm_, stream_, view(a.attn, n, Q), view<bf16>(w.o_proj, D, Q), mutable_view(a.attn_proj, n, D));
-        // mid = input + post_attention_norm(attn_proj)
-        cuda::rmsnorm_forward<bf16, float>(stream_, token_rows<const bf16>(a.attn_proj, D), w.post_attention_norm, eps(),
-                                           token_rows(a.mid, D), a.attn_proj_rstd, n, D, a.input, D);
-
-        // Feed-forward branch: norm, one product for gate|up, GeGLU, down projection.
-        cuda::rmsnorm_forward<float, bf16>(stream_, token_rows<const float>(a.mid, D), w.pre_feedforward_norm, eps(),
-                                           token_rows(a.mlp_in, D), a.mid_rstd, n, D);
-        cuda::linear_forward(*gemm_, stream_, view(a.mlp_in, n, D), view<bf16>(w.gate_proj, 2 * F, D),
-                             mutable_view(a.gate_up, n, 2 * F));
-        cuda::geglu_forward(stream_, a.gate_up, 2 * F, a.act, F, n, F);
-        cuda::linear_forward(*gemm_, stream_, view(a.act, n, F), view<bf16>(w.down_proj, D, F), mutable_view(a.mlp_out, n, D));
-        // out = mid + post_feedforward_norm(mlp_out)
-        cuda::rmsnorm_forward<bf16, float>(stream_, token_rows<const bf16>(a.mlp_out, D), w.post_feedforward_norm, eps(),
-                                           token_rows(out, D), a.mlp_out_rstd, n, D, a.mid, D);
+        const auto& a = blocks_[static_cast<std::size_t>(layer)];
+        cuda::block_forward<C>(*gemm_, stream_, device_weights_.blocks[static_cast<std::size_t>(layer)], rope_table(layer), positions_,
+                               shape_.batch * shape_.seq, a, out, [&](const bf16* q, const bf16* k, const bf16* v) {
+                                   constexpr int Q = Dims::q, KV = Dims::kv, QKV = Dims::qkv;
+                                   if (flash_) {
+                                       if constexpr (flash_capable) {
+                                           cuda::flash_attention_forward<Dims::head>(stream_, attention_shape(layer), q, Q, k, KV, v,
+                                                                                     QKV, a.attn, Q, a.lse);
+                                       }
+                                   } else {
+                                       cuda::attention_forward(*gemm_, stream_, attention_shape(layer), q, Q, k, KV, v, QKV, scores_,
+                                                               a.probs, a.attn, Q);
+                                   }
+                               });
     }
 
     // Head, loss and the whole backward pass into g, after forward_to_final_norm (training mode).
