@@ -420,35 +420,45 @@ TEST_CASE("packed decoding stays within its quantisation bound of the unpacked m
 // Each output against the double product of the stored weights, within the componentwise bound of
 // an fp32 dot product, gamma_n sum |w x| with gamma_n ~ n u_f (n = 72 terms, plus one for an int8
 // block's scale); bf16 prefill also rounds x to bf16: + u_b sum |w x|.
+// Two shapes: a small matrix, and one whose bf16 and int8 weights (4.2 and 2.1 MB) take the huge-page
+// storage (from 2 MB on Linux), whose partly used last 2 MB must read as any other memory.
 TEST_CASE("packed linear_forward equals the double product of the stored weights, one row and several") {
-    const Index rows = 2101, cols = 72;
-    std::mt19937 rng(5);
-    std::normal_distribution<float> normal(0.0f, 1.0f);
-    RowMatrix<float> w(rows, cols), x(3, cols);
-    for (Index i = 0; i < w.size(); ++i) w.data()[i] = normal(rng);
-    for (Index i = 0; i < x.size(); ++i) x.data()[i] = normal(rng);
-    for (const auto format : {WeightFormat::bf16, WeightFormat::int8}) {
-        const auto packed = PackedMatrix::pack(const_view(w.data(), rows, cols), format);
-        RowMatrix<double> stored(rows, cols);
-        for (Index r = 0; r < rows; ++r)
-            for (Index c = 0; c < cols; ++c) stored(r, c) = packed.value(r, c);
-        for (const bool scalar : {false, true}) {
-            const ScalarKernels choice(scalar);
-            for (const Index m : {Index{1}, Index{3}}) {
-                CAPTURE(std::string(weight_format_name(format)));
-                CAPTURE(scalar);
-                CAPTURE(m);
-                RowMatrix<float> y(m, rows);
-                linear_forward<float>(const_view(x.data(), m, cols), packed, matrix_view(y.data(), m, rows));
-                const RowMatrix<double> xd = x.topRows(m).cast<double>();
-                const RowMatrix<double> exact = xd * stored.transpose();
-                const RowMatrix<double> magnitude = xd.cwiseAbs() * stored.cwiseAbs().transpose();
-                const double rounding = (format == WeightFormat::bf16 && m > 1 ? 0x1p-8 : 0.0) + (cols + 1) * 0x1p-24;
-                int bad = 0;
-                for (Index i = 0; i < m; ++i)
-                    for (Index r = 0; r < rows; ++r)
-                        if (std::abs(static_cast<double>(y(i, r)) - exact(i, r)) > rounding * magnitude(i, r)) ++bad;
-                CHECK(bad == 0);
+    for (const auto [rows, cols] : {std::pair<Index, Index>{2101, 72}, std::pair<Index, Index>{2101, 1000}}) {
+        CAPTURE(cols);
+        std::mt19937 rng(5);
+        std::normal_distribution<float> normal(0.0f, 1.0f);
+        RowMatrix<float> w(rows, cols), x(3, cols);
+        for (Index i = 0; i < w.size(); ++i) w.data()[i] = normal(rng);
+        for (Index i = 0; i < x.size(); ++i) x.data()[i] = normal(rng);
+        for (const auto format : {WeightFormat::bf16, WeightFormat::int8}) {
+            const auto packed = PackedMatrix::pack(const_view(w.data(), rows, cols), format);
+#ifdef __linux__
+            if (packed.bytes() >= (std::size_t{2} << 20)) {  // the storage starts on a 2 MB boundary
+                const auto* start = format == WeightFormat::bf16 ? static_cast<const void*>(packed.bf16.data()) : packed.q.data();
+                CHECK(reinterpret_cast<std::uintptr_t>(start) % (std::uintptr_t{1} << 21) == 0);
+            }
+#endif
+            RowMatrix<double> stored(rows, cols);
+            for (Index r = 0; r < rows; ++r)
+                for (Index c = 0; c < cols; ++c) stored(r, c) = packed.value(r, c);
+            for (const bool scalar : {false, true}) {
+                const ScalarKernels choice(scalar);
+                for (const Index m : {Index{1}, Index{3}}) {
+                    CAPTURE(std::string(weight_format_name(format)));
+                    CAPTURE(scalar);
+                    CAPTURE(m);
+                    RowMatrix<float> y(m, rows);
+                    linear_forward<float>(const_view(x.data(), m, cols), packed, matrix_view(y.data(), m, rows));
+                    const RowMatrix<double> xd = x.topRows(m).cast<double>();
+                    const RowMatrix<double> exact = xd * stored.transpose();
+                    const RowMatrix<double> magnitude = xd.cwiseAbs() * stored.cwiseAbs().transpose();
+                    const double rounding = (format == WeightFormat::bf16 && m > 1 ? 0x1p-8 : 0.0) + (cols + 1) * 0x1p-24;
+                    int bad = 0;
+                    for (Index i = 0; i < m; ++i)
+                        for (Index r = 0; r < rows; ++r)
+                            if (std::abs(static_cast<double>(y(i, r)) - exact(i, r)) > rounding * magnitude(i, r)) ++bad;
+                    CHECK(bad == 0);
+                }
             }
         }
     }
