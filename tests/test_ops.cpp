@@ -143,6 +143,39 @@ TEST_CASE("gemm in float and with bf16 inputs matches the double product for eve
     }
 }
 
+// The float one-row product against a transposed row-major weight, y = alpha W x + beta y, which
+// decoding runs for every projection (a hand-written AVX-512 kernel where the CPU has it): shapes
+// with row and column tails (4 rows and 16 columns per step), a strided W, beta 0 over a NaN-filled
+// y (ignored, as BLAS does) and not, and a size that splits across threads. Bound as above.
+TEST_CASE("gemm's float single-row product against a transposed weight matches the double product") {
+    std::mt19937_64 rng(33);
+    struct Shape {
+        Index n, k;
+    };
+    for (const Shape shape : {Shape{7, 5}, Shape{13, 35}, Shape{64, 640}, Shape{517, 531}}) {
+        for (const double beta : {0.0, -1.5}) {
+            const Index n = shape.n, k = shape.k;
+            CAPTURE(n);
+            CAPTURE(k);
+            CAPTURE(beta);
+            const Mat w_big = random_matrix(n, k + 3, rng), x = random_matrix(1, k, rng), y0 = random_matrix(1, n, rng);
+            const RowMatrix<float> w_f = w_big.cast<float>(), x_f = x.cast<float>();
+            const Mat w_d = w_f.cast<double>().leftCols(k), x_d = x_f.cast<double>();  // the float inputs, exactly
+            RowMatrix<float> y = beta == 0.0 ? RowMatrix<float>::Constant(1, n, std::nanf("")) : RowMatrix<float>(y0.cast<float>());
+            const double alpha = 0.75;
+            gemm(const_view(x_f.data(), 1, k), Op::none, const_view(w_f.data(), n, k, k + 3), Op::transpose, matrix_view(y.data(), 1, n),
+                 float(alpha), float(beta));
+            const Mat y0_d = y0.cast<float>().cast<double>();
+            const Mat want = alpha * x_d * w_d.transpose() + beta * y0_d;
+            const Mat scale = std::abs(alpha) * x_d.cwiseAbs() * w_d.cwiseAbs().transpose() + std::abs(beta) * y0_d.cwiseAbs();
+            const Mat err = (y.cast<double>() - want).cwiseAbs();
+            const Mat bound = (2.0 * (k + 2) * std::ldexp(1.0, -24)) * scale + Mat::Constant(1, n, 1e-30);
+            CHECK((err.array() <= bound.array()).all());
+            CHECK(want.cwiseAbs().maxCoeff() > 1e3 * bound.maxCoeff());  // not vacuous
+        }
+    }
+}
+
 TEST_CASE("embedding gathers scaled rows and scatter-adds repeated ids") {
     std::mt19937_64 rng(2);
     Mat table = random_matrix(11, 4, rng);

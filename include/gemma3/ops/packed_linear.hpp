@@ -42,12 +42,7 @@
 #include <unistd.h>
 #endif
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-#define GEMMA3_PACKED_AVX512 1
-#else
-#define GEMMA3_PACKED_AVX512 0
-#endif
+#define GEMMA3_PACKED_AVX512 GEMMA3_X86_KERNELS  // blas.hpp: immintrin.h, cpu_has_avx512, prefetch_bytes
 
 namespace gemma3 {
 
@@ -232,16 +227,6 @@ inline void packed_matvec_scalar(const PackedMatrix& w, Index r0, Index r1, cons
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #endif
-inline bool cpu_has_avx512() {
-    static const bool yes = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
-    return yes;
-}
-
-// How far ahead of its loads a kernel asks for weights: the rows are read in address order, and
-// the hardware prefetcher alone kept 2 threads at 21-24 GB/s where 2-4 KB ahead gave 23-30
-// (reference machine, the seed's matrices on huge pages). Prefetches past the end never fault.
-inline constexpr int prefetch_bytes = 2048;
-
 // bf16 rows [r0, r1). A 64-byte load holds 32 weights; as 16 lanes of 32 bits, the low halves are
 // the even columns and the high halves the odd ones. Shifting left by 16 (even) or masking the low
 // half away (odd) turns each into an exact fp32 vector, multiplied with x split into its even and odd
