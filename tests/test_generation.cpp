@@ -423,7 +423,7 @@ TEST_CASE("packed decoding stays within its quantisation bound of the unpacked m
 // Two shapes: a small matrix, and one whose bf16 and int8 weights (4.2 and 2.1 MB) take the huge-page
 // storage (from 2 MB on Linux), whose partly used last 2 MB must read as any other memory.
 TEST_CASE("packed linear_forward equals the double product of the stored weights, one row and several") {
-    for (const auto [rows, cols] : {std::pair<Index, Index>{2101, 72}, std::pair<Index, Index>{2101, 1000}}) {
+    for (const auto& [rows, cols] : {std::pair<Index, Index>{2101, 72}, std::pair<Index, Index>{2101, 1000}}) {
         CAPTURE(cols);
         std::mt19937 rng(5);
         std::normal_distribution<float> normal(0.0f, 1.0f);
