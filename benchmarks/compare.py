@@ -12,11 +12,15 @@ Measures, each in its own process (so peak memory is per measurement):
     torch 1.13 (/usr/bin/python3, package python3-torch) when installed;
   - decoding one sequence after a --seq-token prompt: gemma3's KV cache with its weight matrices in
     fp32, bf16 and blockwise int8 (gemma3-bench --weights), against transformers' generate with its
-    cache; a decode row's roofline is the copy bandwidth over the weight bytes it reads per token.
+    cache; a decode row's roofline is the copy bandwidth over the weight bytes it reads per token;
+  - with --llama-cpp DIR, llama.cpp's llama-bench on GGUFs of the same architecture (F32, BF16, Q8_0):
+    prompt processing of batch x seq tokens, and 64 tokens decoded after seq (benchmarks/llama_cpp.py).
 Each at one thread pinned to core 0 (taskset -c 0) and at two threads (--threads). PyTorch gets the
 tuning docs/design.md §4 recommends: torch.set_num_threads(n), OMP_WAIT_POLICY=PASSIVE.
 Prints a table per thread count: tokens/s, GFLOP/s, fraction of the roofline (the GEMM rate of the
-row's precision), ratio to the best PyTorch, peak RSS; and the GEMM engine with its instruction set.
+row's precision), ratio to the best PyTorch, ratio to llama.cpp in the same precision (F32 for
+float32, BF16 for bfloat16 and bf16 weights, Q8_0 for int8 weights), peak RSS; and the GEMM engine
+with its instruction set.
 """
 import argparse
 import json
@@ -67,6 +71,9 @@ def main():
     p.add_argument("--debian-python", default="/usr/bin/python3")
     p.add_argument("--threads", default="1,2", help="thread counts to measure; 1 is pinned to core 0 (taskset)")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile (it compiles for minutes)")
+    p.add_argument("--llama-cpp", metavar="DIR",
+                   help="also measure llama.cpp's llama-bench (DIR: a llama.cpp source tree built with it; "
+                        "see benchmarks/llama_cpp.py)")
     a = p.parse_args()
     from torch_gemma3 import CONFIGS
     cfg = CONFIGS[a.config]
@@ -110,6 +117,17 @@ def main():
                     results[(mode, name + suffix)] = run(pin + [py, script, "--mode", mode] + torch_common + flags, torch_env)
         results[("decode", "transformers generate")] = run(pin + [sys.executable, script, "--mode", "hf-decode"] + torch_common,
                                                            torch_env)
+        if a.llama_cpp:
+            import llama_cpp
+            try:
+                for row in llama_cpp.measure(a.llama_cpp, a.config, threads, pin, a.batch * a.seq, a.seq, 64, 3,
+                                             sys.executable, os.path.join(ROOT, "data", "gpt2-hf")):
+                    fmt = row["format"].lower()
+                    if row["mode"] == "decode":  # bytes of weights per token, for the roofline
+                        row["weight_bytes_per_token"] = decode_bytes(cfg) * {"f32": 1, "bf16": 0.5, "q8_0": 34 / 128}[fmt]
+                    results[(row["mode"], f"llama.cpp {fmt} ({row['test']})")] = (row, None)
+            except (RuntimeError, subprocess.CalledProcessError) as e:
+                results[("forward", "llama.cpp")] = (None, [str(e)])
 
         def roofline(mode, name, row):
             gemm = limits["bf16_gemm_gflops"] if ("bf16" in name or "bfloat16" in name) else limits["sgemm_gflops"]
@@ -121,20 +139,33 @@ def main():
         print(f"\n{threads} thread(s){' pinned to core 0' if pin else ''}; GEMM engine: {limits.get('gemm_engine', '?')}")
         print(f"machine: GEMM {limits['sgemm_gflops']:.0f} GFLOP/s fp32, {limits['bf16_gemm_gflops']:.0f} GFLOP/s bf16 inputs "
               f"at the model's shapes, copy {limits['copy_gbps']:.1f} GB/s")
-        print(f"{'':9}{'':34}{'tokens/s':>10}{'GFLOP/s':>9}{'roofline':>10}{'vs best PyTorch':>17}{'peak RSS':>11}")
+        print(f"{'':9}{'':40}{'tokens/s':>10}{'GFLOP/s':>9}{'roofline':>10}{'vs best PyTorch':>17}{'vs llama.cpp':>19}"
+              f"{'peak RSS':>11}")
         for mode in ["train", "forward", "decode"]:
             rows = [(k[1], v) for k, v in results.items() if k[0] == mode]
-            best = max((r[0]["tokens_per_s"] for n, r in rows if not n.startswith("gemma3") and r[0]), default=None)
+
+            def best(prefix):
+                return max((r[0]["tokens_per_s"] for n, r in rows if n.startswith(prefix) and r[0]), default=None)
+            best_torch = max(filter(None, [best("torch"), best("transformers")]), default=None)
+
+            def llama_same_precision(name):  # llama.cpp in the row's precision: f32, bf16, or Q8_0 for int8
+                precision = ("f32" if ("float32" in name or "f32" in name) else "bf16" if ("bfloat16" in name or "bf16" in name)
+                             else "q8_0" if "int8" in name else None)
+                return best(f"llama.cpp {precision} ") if precision else None
             for name, (row, err) in rows:
                 if row is None:
-                    print(f"{mode:9}{name:34}  failed: {err}")
+                    print(f"{mode:9}{name:40}  failed: {err}")
                     continue
                 tps = row["tokens_per_s"]
                 gf = tps * (fpt if mode == "train" else fpt / 3) / 1e9 if mode != "decode" else float("nan")
-                ratio = f"{tps / best:.2f}x" if (best and name.startswith("gemma3")) else ""
+                mine = name.startswith("gemma3")
+                vs_torch = f"{tps / best_torch:.2f}x" if (best_torch and mine) else ""
+                same = llama_same_precision(name) if mine else None
+                vs_llama = f"{tps / same:.2f}x" if same else ""
                 rss = f"{row['peak_rss_mib']:.0f} MiB"
                 gf_text = f"{gf:9.1f}" if mode != "decode" else f"{'':>9}"
-                print(f"{mode:9}{name:34}{tps:10.1f}{gf_text}{tps / roofline(mode, name, row):9.0%} {ratio:>16}{rss:>11}")
+                print(f"{mode:9}{name:40}{tps:10.1f}{gf_text}{tps / roofline(mode, name, row):9.0%} {vs_torch:>16}"
+                      f"{vs_llama:>19}{rss:>11}")
     return 0
 
 

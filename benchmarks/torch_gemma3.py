@@ -7,7 +7,9 @@ build/bin/gemma3-bench, so the two can be compared on one machine in one run.
 The model is a compact, self-contained Gemma 3 (docs/model.md §3: embedding x sqrt(D), Gemma RMSNorm, q/k
 norm, split-half RoPE with per-layer base, sliding/full causal masks, GQA, GeGLU with tanh GELU,
 untied head for the seed config), written for both the current PyPI torch and Debian's torch 1.13.
-Mode `hf-decode` instead times transformers' Gemma3ForCausalLM.generate with its KV cache.
+Mode `hf-decode` instead times transformers' Gemma3ForCausalLM.generate with its KV cache; mode
+`save-hf` writes a randomly initialised HF directory of the architecture (for llama.cpp's converter,
+benchmarks/llama_cpp.py).
 Prints one JSON object per measurement, like gemma3-bench.
 """
 import argparse
@@ -148,10 +150,22 @@ def report(**kv):
     print(json.dumps(kv), flush=True)
 
 
+def hf_model(cfg):
+    """transformers' Gemma3ForCausalLM of this architecture, randomly initialised."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+    return Gemma3ForCausalLM(Gemma3TextConfig(
+        vocab_size=cfg["vocab"], hidden_size=cfg["dim"], intermediate_size=cfg["ffn"],
+        num_hidden_layers=cfg["layers"], num_attention_heads=cfg["heads"], num_key_value_heads=cfg["kv_heads"],
+        head_dim=cfg["head_dim"], sliding_window=cfg["window"], query_pre_attn_scalar=cfg["scalar"],
+        layer_types=["full_attention" if full_layer(cfg, i) else "sliding_attention" for i in range(cfg["layers"])],
+        tie_word_embeddings=cfg["tied"], pad_token_id=None, eos_token_id=None, bos_token_id=None,
+        max_position_embeddings=4096)).eval()
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--config", default="seed", choices=list(CONFIGS))
-    p.add_argument("--mode", required=True, choices=["forward", "train", "decode", "hf-decode"])
+    p.add_argument("--mode", required=True, choices=["forward", "train", "decode", "hf-decode", "save-hf"])
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--decode-tokens", type=int, default=64)
@@ -161,6 +175,8 @@ def main():
     p.add_argument("--autocast", action="store_true",
                    help='bf16 mixed precision: torch.autocast("cpu", dtype=torch.bfloat16)')
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--out", help="save-hf: the directory to write")
+    p.add_argument("--tokenizer-dir", help="save-hf: a directory with GPT-2's vocab.json and merges.txt")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -169,15 +185,23 @@ def main():
     targets = torch.randint(0, cfg["vocab"], (a.batch, a.seq))
     n = a.batch * a.seq
 
+    if a.mode == "save-hf":  # a randomly initialised HF directory of this architecture (for llama.cpp's converter)
+        if not a.out or not a.tokenizer_dir:
+            p.error("save-hf needs --out DIR and --tokenizer-dir DIR (vocab.json, merges.txt)")
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+        from transformers import PreTrainedTokenizerFast
+        hf_model(cfg).save_pretrained(a.out, safe_serialization=True)
+        # GPT-2's tokenizer.json: byte-level BPE, no prefix space (the converter recognises its
+        # pre-tokenizer by the ids of a test string, which this reproduces).
+        bpe = Tokenizer(models.BPE.from_file(f"{a.tokenizer_dir}/vocab.json", f"{a.tokenizer_dir}/merges.txt"))
+        bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        bpe.decoder = decoders.ByteLevel()
+        bpe.post_processor = processors.ByteLevel(trim_offsets=False)
+        PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>").save_pretrained(a.out)
+        return
+
     if a.mode == "hf-decode":
-        from transformers import Gemma3ForCausalLM, Gemma3TextConfig
-        hf = Gemma3ForCausalLM(Gemma3TextConfig(
-            vocab_size=cfg["vocab"], hidden_size=cfg["dim"], intermediate_size=cfg["ffn"],
-            num_hidden_layers=cfg["layers"], num_attention_heads=cfg["heads"], num_key_value_heads=cfg["kv_heads"],
-            head_dim=cfg["head_dim"], sliding_window=cfg["window"], query_pre_attn_scalar=cfg["scalar"],
-            layer_types=["full_attention" if full_layer(cfg, i) else "sliding_attention" for i in range(cfg["layers"])],
-            tie_word_embeddings=cfg["tied"], pad_token_id=None, eos_token_id=None, bos_token_id=None,
-            max_position_embeddings=4096)).eval()
+        hf = hf_model(cfg)
         prompt = ids[:1]
 
         def gen(k):

@@ -16,9 +16,9 @@
 // the position a slot holds follows from the length alone (slot_position below); no position array.
 //
 // A chunk of new tokens at positions [p0, p0 + m) runs the model's own block (cuda::block_forward in
-// cuda/model.cuh, RoPE at the explicit positions), with attention of
-// the chunk's queries over the cache as it was before the chunk (positions < p0) plus the chunk's
-// own keys (causal); then the chunk's K and V are written into the cache. As on the CPU, the ring
+// cuda/model.cuh, RoPE at the explicit positions), with attention of the chunk's queries over the
+// cache as it was before the chunk (positions < p0) plus the chunk's own keys (causal); then the
+// chunk's K and V are written into the cache. As on the CPU, the ring
 // never needs more than the window. The attention kernel is a simple one: one block per (query,
 // head), 128 keys per step with an online softmax in fp32 (scores and accumulation fp32, K/V/Q/out
 // bf16). Logits of the last token (or every token with all_logits) are computed in fp32 on the

@@ -42,7 +42,7 @@
 #include <unistd.h>
 #endif
 
-#define GEMMA3_PACKED_AVX512 GEMMA3_X86_KERNELS  // blas.hpp: immintrin.h, cpu_has_avx512, prefetch_bytes
+// The x86 kernels' switch (GEMMA3_X86_KERNELS), CPU check and prefetch distance are blas.hpp's.
 
 namespace gemma3 {
 
@@ -219,9 +219,8 @@ inline void packed_matvec_scalar(const PackedMatrix& w, Index r0, Index r1, cons
     }
 }
 
-#if GEMMA3_PACKED_AVX512
-// GCC 12 warns inside its own AVX-512 intrinsics (GCC bug 105593: an intentionally undefined vector);
-// the pragma covers the inlining sites below, so users' -Werror builds stay clean.
+#if GEMMA3_X86_KERNELS
+// GCC 12's warnings inside its AVX-512 intrinsics are silenced here as in blas.hpp (GCC bug 105593).
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -333,7 +332,7 @@ inline bool& packed_kernels_force_scalar() {
 
 // Whether the AVX-512 kernels run on this CPU in this build.
 inline bool packed_kernels_use_avx512() {
-#if GEMMA3_PACKED_AVX512
+#if GEMMA3_X86_KERNELS
     return !detail::packed_kernels_force_scalar() && detail::cpu_has_avx512();
 #else
     return false;
@@ -349,7 +348,7 @@ inline void packed_matvec(const PackedMatrix& w, const float* x, float* y) {
     [[maybe_unused]] const bool parallel = rows * w.cols >= (Index{1} << 18);
     constexpr Index group = 64;
     const Index groups = (rows + group - 1) / group;
-#if GEMMA3_PACKED_AVX512
+#if GEMMA3_X86_KERNELS
     if (packed_kernels_use_avx512()) {
         if (w.format == WeightFormat::bf16) {
             thread_local Buffer<float> split;
