@@ -52,17 +52,6 @@ __device__ __forceinline__ std::int64_t slot_position(std::int64_t slot, std::in
     return ring > 0 ? slot + static_cast<std::int64_t>(ring) * ((length - 1 - slot) / ring) : slot;
 }
 
-__device__ __forceinline__ float block_max(float value, float* scratch) {
-    const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
-    const int warps = static_cast<int>(blockDim.x) / 32;
-    value = warp_max(value);
-    __syncthreads();  // an earlier call may still be reading scratch
-    if (lane == 0) scratch[warp] = value;
-    __syncthreads();
-    const float total = lane < warps ? scratch[lane] : -INFINITY;
-    return warp_max(total);
-}
-
 // out[r, h] = softmax(scale q[r, h] . keys) values for query r (position p0 + r) of head h, over the
 // `cached` cache slots and the chunk's keys 0..r, restricted to positions >= first_key (window).
 // Grid (rows, heads), block cached_attention_threads. head_dim <= cached_attention_max_head_dim.

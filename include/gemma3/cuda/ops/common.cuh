@@ -15,6 +15,7 @@
 
 #include <gemma3/cuda/runtime.hpp>
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -182,18 +183,35 @@ __device__ __forceinline__ float warp_max(float value) {
     return value;
 }
 
-// Sum over the block (blockDim.x a multiple of 32, at most 1024), returned to every thread.
-// `scratch` is 32 elements of shared memory; the block may call this again right away.
-template <class T>
-__device__ __forceinline__ T block_sum(T value, T* scratch) {
+struct WarpSum {
+    template <class T>
+    __device__ __forceinline__ T operator()(T value) const { return warp_sum(value); }
+};
+struct WarpMax {
+    __device__ __forceinline__ float operator()(float value) const { return warp_max(value); }
+};
+
+// A reduction over the block (blockDim.x a multiple of 32, at most 1024), returned to every thread:
+// each warp reduces with `warp_reduce`, then the warps' results do. `identity` pads the lanes past
+// the last warp. `scratch` is 32 elements of shared memory; the block may call this again right away.
+template <class T, class WarpReduce>
+__device__ __forceinline__ T block_reduce(T value, T* scratch, T identity, WarpReduce warp_reduce) {
     const int lane = static_cast<int>(threadIdx.x) % 32, warp = static_cast<int>(threadIdx.x) / 32;
     const int warps = static_cast<int>(blockDim.x) / 32;
-    value = warp_sum(value);
+    value = warp_reduce(value);
     __syncthreads();  // an earlier call may still be reading scratch
     if (lane == 0) scratch[warp] = value;
     __syncthreads();
-    T total = lane < warps ? scratch[lane] : T(0);
-    return warp_sum(total);
+    const T total = lane < warps ? scratch[lane] : identity;
+    return warp_reduce(total);
+}
+
+template <class T>
+__device__ __forceinline__ T block_sum(T value, T* scratch) {
+    return block_reduce(value, scratch, T(0), WarpSum{});
+}
+__device__ __forceinline__ float block_max(float value, float* scratch) {
+    return block_reduce(value, scratch, -INFINITY, WarpMax{});
 }
 
 // *total += sum of values[0 .. count), in a fixed order (one block of 256 threads): deterministic.
