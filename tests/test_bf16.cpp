@@ -28,12 +28,16 @@
 #include <gemma3/text/tokenizer.hpp>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
+#include <cstdint>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <memory>
 #include <random>
 #include <sstream>
+#include <utility>
 #include <vector>
 
 using namespace gemma3;
@@ -69,9 +73,88 @@ void check_elementwise(const MatF& got, const MatD& want, const MatD& scale, dou
     CHECK(want.cwiseAbs().maxCoeff() > min_ratio * bound.maxCoeff());
 }
 
+// Selects a bf16 product kernel for one test, and gives the choice back to the automatic one after.
+struct Bf16KernelFor {
+    explicit Bf16KernelFor(Bf16Kernel kernel) { set_bf16_kernel(kernel); }
+    ~Bf16KernelFor() { set_bf16_kernel(Bf16Kernel::automatic); }
+};
+
+// gemm() with bf16 inputs, both kernels, every transpose, alpha and beta, against the double product
+// of the same bf16 values: only the fp32 accumulation differs (depth k, plus alpha, beta and the
+// additions of k blocks: fewer than k + 4 roundings per element, we allow 2 (k + 4) u_f). The widened
+// kernel is also run with tiny scratch budgets, which cut the product into blocks along m, n and k.
+TEST_CASE("bf16 products: native and widened kernels multiply bf16 values exactly and accumulate in fp32") {
+    std::mt19937_64 rng(21);
+    const Index m = 37, k = 53, n = 29;
+    for (const Op op_a : {Op::none, Op::transpose}) {
+        for (const Op op_b : {Op::none, Op::transpose}) {
+            const RowMatrix<bf16> a = (op_a == Op::none ? random_float(m, k, rng) : random_float(k, m, rng)).cast<bf16>();
+            const RowMatrix<bf16> b = (op_b == Op::none ? random_float(k, n, rng) : random_float(n, k, rng)).cast<bf16>();
+            const MatF c0 = random_float(m, n, rng);
+            const MatD ad = a.cast<float>().cast<double>(), bd = b.cast<float>().cast<double>();
+            const MatD opa = op_a == Op::none ? ad : MatD(ad.transpose()), opb = op_b == Op::none ? bd : MatD(bd.transpose());
+            for (const auto& [alpha, beta] : {std::pair{1.0f, 0.0f}, std::pair{-0.5f, 1.0f}, std::pair{2.0f, 0.25f}}) {
+                const MatD want = double(alpha) * opa * opb + double(beta) * c0.cast<double>();
+                const MatD scale = std::abs(alpha) * opa.cwiseAbs() * opb.cwiseAbs() + std::abs(beta) * c0.cast<double>().cwiseAbs();
+                const auto check = [&](const MatF& got) {
+                    CAPTURE(static_cast<int>(op_a));
+                    CAPTURE(static_cast<int>(op_b));
+                    CAPTURE(alpha);
+                    check_elementwise(got, want, scale, 2.0 * (k + 4) * u_f, 1e3);
+                };
+                for (const Bf16Kernel kernel : {Bf16Kernel::native, Bf16Kernel::widened}) {
+                    const Bf16KernelFor selected(kernel);
+                    MatF c = c0;
+                    gemm(a, op_a, b, op_b, c, alpha, beta);
+                    check(c);
+                }
+                // 64 elements of scratch: blocks of a few rows, columns and depths.
+                for (const Index budget : {Index{64}, Index{700}, Index{1} << 20}) {
+                    CAPTURE(budget);
+                    MatF c = c0;
+                    detail::gemm_widened(a, op_a, b, op_b, c, alpha, beta, budget);
+                    check(c);
+                }
+            }
+        }
+    }
+}
+
+// The widened kernel's own rounding against Eigen's float -> bfloat16 conversion (an independent
+// implementation of round to nearest even): a million bit patterns spread over all of float, ties,
+// subnormals, the largest finite values (which round to infinity) and the specials.
+TEST_CASE("round_to_bf16_value rounds like Eigen's bfloat16, ties to even") {
+    std::vector<std::uint32_t> patterns = {0x00000000u, 0x80000000u, 0x7f800000u, 0xff800000u, 0x7fc00000u, 0x7f800001u,
+                                           0x7f7fffffu, 0xff7fffffu, 0x7f7f8000u, 0x3f808000u, 0x3f818000u, 0x3f80ffffu,
+                                           0x00008000u, 0x00018000u, 0x0000ffffu, 0x00000001u, 0x807fffffu};
+    for (std::uint64_t bits = 0; bits < (std::uint64_t{1} << 32); bits += 4099) patterns.push_back(static_cast<std::uint32_t>(bits));
+    int mismatches = 0;
+    for (const auto bits : patterns) {
+        const float x = std::bit_cast<float>(bits);
+        const float got = detail::round_to_bf16_value(x), want = static_cast<float>(bf16(x));
+        if (std::isnan(want) ? !std::isnan(got) : std::bit_cast<std::uint32_t>(got) != std::bit_cast<std::uint32_t>(want)) {
+            if (++mismatches <= 5) MESSAGE("0x" << std::hex << bits << ": " << got << " against " << want);
+        }
+    }
+    CHECK(mismatches == 0);
+}
+
+TEST_CASE("GEMMA3_BF16_KERNEL: a value other than native, widened or auto is an error naming it") {
+    ::setenv("GEMMA3_BF16_KERNEL", "fastest", 1);
+    CHECK_THROWS_WITH_AS(detail::automatic_bf16_kernel(), "GEMMA3_BF16_KERNEL=fastest: expected native, widened or auto",
+                         std::invalid_argument);
+    ::setenv("GEMMA3_BF16_KERNEL", "widened", 1);
+    CHECK(detail::automatic_bf16_kernel() == Bf16Kernel::widened);
+    ::unsetenv("GEMMA3_BF16_KERNEL");
+}
+
 // A linear layer's three products, in bf16 (float under the scope), against the double product of
 // the same rounded operands and against the exact product.
 TEST_CASE("bf16 linear forward and backward: fp32 accumulation of bf16-rounded operands") {
+    Bf16Kernel kernel = Bf16Kernel::native;
+    SUBCASE("native bf16 products") { kernel = Bf16Kernel::native; }
+    SUBCASE("widened bf16 products") { kernel = Bf16Kernel::widened; }
+    const Bf16KernelFor selected(kernel);
     std::mt19937_64 rng(5);
     const Index tokens = 48, in = 96, out = 40;
     const MatF x = random_float(tokens, in, rng), w = random_float(out, in, rng, 0.1), dy = random_float(tokens, out, rng);
@@ -178,6 +261,10 @@ double normwise(const float* got, const double* want, std::size_t count) {
 }
 
 TEST_CASE("Cpu<bf16> forward and backward track Cpu<double> within the bf16 bounds") {
+    Bf16Kernel kernel = Bf16Kernel::native;
+    SUBCASE("native bf16 products") { kernel = Bf16Kernel::native; }
+    SUBCASE("widened bf16 products") { kernel = Bf16Kernel::widened; }
+    const Bf16KernelFor selected(kernel);
     using C = configs::Gemma3Tiny;
     using D = Dims<C>;
     const Index batch = 2, seq = 24, n = batch * seq;
@@ -225,6 +312,7 @@ TEST_CASE("Cpu<bf16> forward and backward track Cpu<double> within the bf16 boun
 }
 
 TEST_CASE("Cpu<bf16> reads a weight copy refreshed after weights_updated()") {
+    const Bf16KernelFor selected(Bf16Kernel::native);  // widened products hold no copy
     using C = configs::Gemma3Tiny;
     auto model = std::make_unique<Model<C, Cpu<bf16>>>();
     model->init(InitScheme::seed, 0.02, 1);

@@ -140,9 +140,17 @@ protected:
     }
 
     // Cpu<bf16>: the scope that makes this thread's products bf16, after rounding the weight copy
-    // when the weights changed. Nothing for float and double.
+    // when the weights changed. Widened products (blas.hpp) round the weights on their way into the
+    // fp32 kernel, so they need no copy, and none is held (the seed's is 252 MiB). Nothing for float
+    // and double.
     std::optional<Bf16Products> products_scope() {
         if constexpr (Cpu<P>::mixed_bf16) {
+            if (bf16_kernel() == Bf16Kernel::widened) {
+                Buffer<bf16>().swap(compute_copy_);
+                compute_copy_stale_ = true;
+                copy_view_ = {parameters.data(), nullptr, 0};
+                return std::optional<Bf16Products>(std::in_place, copy_view_);
+            }
             if (compute_copy_stale_ || compute_copy_.size() != parameters.size()) {
                 compute_copy_.resize(parameters.size());
                 const float* master = parameters.data();

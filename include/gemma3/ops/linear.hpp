@@ -6,8 +6,9 @@
 // (Model<C, Cpu<bf16>>) lives here, at the products, so the passes in forward.hpp and backward.hpp stay
 // one code for every precision: while a Bf16Products scope is active on the calling thread, every
 // linear_product() in float takes its two operands rounded to bfloat16 (round to nearest even) —
-// weights from the model's bf16 copy, refreshed once per optimizer step, activations and gradients
-// rounded on the way in — and accumulates and writes fp32. These are the CUDA engine's rounding points
+// weights from the model's bf16 copy, refreshed once per optimizer step (or, with the widened bf16
+// kernel of blas.hpp, which needs no copy, rounded on the way in like the rest), activations and
+// gradients rounded on the way in — and accumulates and writes fp32. These are the CUDA engine's rounding points
 // (cuda/model.cuh: bf16 weights and bf16 activations wherever they feed a matrix product, fp32
 // accumulation and fp32 product outputs); the norms, softmax, attention, RoPE, loss and the residual
 // stream stay fp32, and weight gradients accumulate in fp32.
@@ -19,11 +20,13 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <type_traits>
 
 namespace gemma3 {
 
-// A bfloat16 copy of a model's fp32 weights, element for element in the same layout.
+// A bfloat16 copy of a model's fp32 weights, element for element in the same layout; copy may be
+// null (no copy: every operand is rounded on the way in).
 struct Bf16WeightCopy {
     const float* master = nullptr;
     const bf16* copy = nullptr;
@@ -52,31 +55,19 @@ private:
     const Bf16WeightCopy* previous_;
 };
 
-// `m` rounded to bfloat16 into `scratch` (resized), as a contiguous view.
-inline ConstMatrixView<bf16> round_to_bf16(ConstMatrixView<float> m, Buffer<bf16>& scratch) {
-    const Index rows = m.rows(), cols = m.cols();
-    scratch.resize(static_cast<std::size_t>(rows * cols));
-    auto out = matrix_view(scratch.data(), rows, cols);
-#pragma omp parallel for schedule(static) if (rows * cols >= (1 << 16))
-    for (Index r = 0; r < rows; ++r) out.row(r) = m.row(r).cast<bf16>();
-    return const_view(scratch.data(), rows, cols);
-}
-
 namespace detail {
-// The bf16 twin of an operand: its place in the weight copy when it lies inside the master weights,
-// else its rounding into `scratch`.
+// An operand's place in the weight copy when it lies inside the master weights (and there is a copy).
 template <class V>
-ConstMatrixView<bf16> bf16_operand(const V& m, const Bf16WeightCopy& weights, Buffer<bf16>& scratch) {
-    const auto view = ConstMatrixView<float>(m.data(), m.rows(), m.cols(), Eigen::OuterStride<>(m.outerStride()));
+std::optional<ConstMatrixView<bf16>> in_weight_copy(const V& m, const Bf16WeightCopy& weights) {
     const auto address = [](const float* p) { return reinterpret_cast<std::uintptr_t>(p); };
-    const auto first = address(view.data());
-    const auto last = address(view.data() + (view.rows() - 1) * view.outerStride() + view.cols());
-    if (view.size() > 0 && first >= address(weights.master) && last <= address(weights.master + weights.size)) {
-        const auto offset = static_cast<std::size_t>(view.data() - weights.master);
-        return ConstMatrixView<bf16>(weights.copy + offset, view.rows(), view.cols(),
-                                     Eigen::OuterStride<>(view.outerStride()));
+    const auto first = address(m.data());
+    const auto last = address(m.data() + (m.rows() - 1) * m.outerStride() + m.cols());
+    if (weights.copy == nullptr || m.size() == 0 || first < address(weights.master) ||
+        last > address(weights.master + weights.size)) {
+        return std::nullopt;
     }
-    return round_to_bf16(view, scratch);
+    const auto offset = static_cast<std::size_t>(m.data() - weights.master);
+    return ConstMatrixView<bf16>(weights.copy + offset, m.rows(), m.cols(), Eigen::OuterStride<>(m.outerStride()));
 }
 }  // namespace detail
 
@@ -87,9 +78,18 @@ void linear_product(const A& a, Op op_a, const B& b, Op op_b, C&& c, typename st
     using T = typename std::remove_cvref_t<C>::Scalar;
     if (const auto* weights = detail::active_bf16_products; weights && a.size() > 0 && b.size() > 0) {
         if constexpr (std::is_same_v<T, float>) {
-            thread_local Buffer<bf16> a_scratch, b_scratch;
-            gemm(detail::bf16_operand(a, *weights, a_scratch), op_a, detail::bf16_operand(b, *weights, b_scratch), op_b,
-                 std::forward<C>(c), alpha, beta);
+            // Operands inside the master weights are read from the copy, others rounded on the way in.
+            const auto run = [&](const auto& x, const auto& y) { gemm_bf16_values(x, op_a, y, op_b, c, alpha, beta); };
+            const auto a_copy = detail::in_weight_copy(a, *weights), b_copy = detail::in_weight_copy(b, *weights);
+            if (a_copy && b_copy) {
+                run(*a_copy, *b_copy);
+            } else if (a_copy) {
+                run(*a_copy, b);
+            } else if (b_copy) {
+                run(a, *b_copy);
+            } else {
+                run(a, b);
+            }
             return;
         } else {
             // Double under a bf16 scope: the same roundings of the operands, exact products otherwise.

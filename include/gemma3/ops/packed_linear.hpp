@@ -395,11 +395,7 @@ void linear_forward(ConstMatrixView<T> x, const PackedMatrix& weight, MatrixView
     if (weight.format == WeightFormat::bf16) {
         // Several rows (prefill): the bf16 GEMM (blas.hpp), activations rounded to bf16 on the way
         // in, fp32 accumulation and output.
-        thread_local Buffer<gemma3::bf16> x16;
-        x16.resize(static_cast<std::size_t>(x.rows() * x.cols()));
-        auto rounded = matrix_view(x16.data(), x.rows(), x.cols());
-        for (Index r = 0; r < x.rows(); ++r) rounded.row(r) = x.row(r).template cast<gemma3::bf16>();
-        gemm(as_const(rounded), Op::none, const_view(weight.bf16.data(), weight.rows, weight.cols), Op::transpose, y);
+        gemm_bf16_values(x, Op::none, const_view(weight.bf16.data(), weight.rows, weight.cols), Op::transpose, y);
         return;
     }
     // int8, several rows: widen the weights to fp32 (exact up to one rounding of q * scale) a panel
