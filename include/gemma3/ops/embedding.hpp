@@ -27,7 +27,7 @@ inline void check_token_ids(std::span<const std::int32_t> tokens, Index vocab_si
 template <class T>
 void embedding_forward(ConstMatrixView<T> table, std::span<const std::int32_t> tokens, T scale, MatrixView<T> out) {
     const Index n = static_cast<Index>(tokens.size());
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n > 1)  // one row: as rmsnorm_forward
     for (Index i = 0; i < n; ++i) {
         out.row(i) = table.row(tokens[static_cast<std::size_t>(i)]) * scale;
     }

@@ -35,7 +35,7 @@ T gelu_tanh_derivative(T x) {
 template <class T>
 void geglu_forward(ConstMatrixView<T> gate, ConstMatrixView<T> up, MatrixView<T> z) {
     const T c = T(detail::gelu_c), a = T(detail::gelu_a);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (z.rows() > 1)  // one row: as rmsnorm_forward
     for (Index i = 0; i < z.rows(); ++i) {
         const auto g = gate.row(i).array();
         z.row(i) = (T(0.5) * g * (T(1) + (c * (g + a * g.cube())).tanh()) * up.row(i).array()).matrix();

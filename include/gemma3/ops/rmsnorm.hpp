@@ -21,7 +21,8 @@ template <class T>
 void rmsnorm_forward(ConstMatrixView<T> x, const T* weight, T eps, MatrixView<T> y, T* rstd) {
     const Index n = x.cols();
     const Eigen::Array<T, 1, Eigen::Dynamic> one_plus_w = ConstVectorView<T>(weight, n).transpose().array() + T(1);
-#pragma omp parallel for schedule(static)
+    // One row (decoding a token) stays on this thread: waking the team costs more than the row.
+#pragma omp parallel for schedule(static) if (x.rows() > 1)
     for (Index i = 0; i < x.rows(); ++i) {
         const T r = T(1) / std::sqrt(x.row(i).squaredNorm() / T(n) + eps);
         rstd[i] = r;

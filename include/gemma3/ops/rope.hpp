@@ -49,7 +49,7 @@ void rope_rotate(MatrixView<T> x, int head_dim, std::span<const std::int32_t> po
                  T sign) {
     const int half = head_dim / 2;
     const Index heads = x.cols() / head_dim;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (x.rows() > 1)  // one row: as rmsnorm_forward
     for (Index i = 0; i < x.rows(); ++i) {
         const std::size_t p = static_cast<std::size_t>(positions[static_cast<std::size_t>(i)]);
         const T* c = table.cos.data() + p * half;
