@@ -8,10 +8,10 @@
 // linear_product() in float takes its two operands rounded to bfloat16 (round to nearest even) —
 // weights from the model's bf16 copy, refreshed once per optimizer step (or, with the widened bf16
 // kernel of blas.hpp, which needs no copy, rounded on the way in like the rest), activations and
-// gradients rounded on the way in — and accumulates and writes fp32. These are the CUDA engine's rounding points
-// (cuda/model.cuh: bf16 weights and bf16 activations wherever they feed a matrix product, fp32
-// accumulation and fp32 product outputs); the norms, softmax, attention, RoPE, loss and the residual
-// stream stay fp32, and weight gradients accumulate in fp32.
+// gradients rounded on the way in — and accumulates and writes fp32. These are the CUDA engine's
+// rounding points (cuda/model.cuh: bf16 weights and bf16 activations wherever they feed a matrix
+// product, fp32 accumulation and fp32 product outputs); the norms, softmax, attention, RoPE, loss
+// and the residual stream stay fp32, and weight gradients accumulate in fp32.
 #pragma once
 
 #include <gemma3/core/blas.hpp>
