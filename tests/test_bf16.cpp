@@ -108,7 +108,8 @@ TEST_CASE("bf16 products: native and widened kernels multiply bf16 values exactl
                     gemm(a, op_a, b, op_b, c, alpha, beta);
                     check(c);
                 }
-                // 64 elements of scratch: blocks of a few rows, columns and depths.
+                // Budgets of 64 and 700 elements cut the product into blocks of a few rows, columns and
+                // depths (both halves of each dimension); 1 M leaves it whole.
                 for (const Index budget : {Index{64}, Index{700}, Index{1} << 20}) {
                     CAPTURE(budget);
                     MatF c = c0;
@@ -294,6 +295,12 @@ TEST_CASE("Cpu<bf16> forward and backward track Cpu<double> within the bf16 boun
     Parameters<C, float> grads;
     Parameters<C, double> grads_exact;
     const double loss = mixed->forward_backward(tokens, targets, batch, seq, grads);
+    // The GeGLU output, a product input only, is kept in bf16 alone (the down projection's weight
+    // gradient below reads it from there).
+    for (const auto& block : mixed->activations().blocks) {
+        CHECK(block.act.empty());
+        CHECK(block.act_bf16.size() == static_cast<std::size_t>(n * D::ffn));
+    }
     const double loss_exact = exact->forward_backward(tokens, targets, batch, seq, grads_exact);
     // The loss is 1-Lipschitz in the logits' max-norm.
     double max_logit = 0;

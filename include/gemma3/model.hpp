@@ -127,7 +127,7 @@ protected:
     // Validates the input and sizes the work buffers.
     void prepare(std::span<const std::int32_t> tokens, Index batch, Index seq, bool keep_lse) {
         check_forward_input<C>(tokens, batch, seq);
-        acts_.resize(batch, seq, keep_lse);
+        acts_.resize(batch, seq, keep_lse, /*bf16_act=*/Cpu<P>::mixed_bf16);
         rope_.template ensure<C>(seq);
     }
 

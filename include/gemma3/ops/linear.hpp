@@ -59,28 +59,38 @@ namespace detail {
 // An operand's place in the weight copy when it lies inside the master weights (and there is a copy).
 template <class V>
 std::optional<ConstMatrixView<bf16>> in_weight_copy(const V& m, const Bf16WeightCopy& weights) {
-    const auto address = [](const float* p) { return reinterpret_cast<std::uintptr_t>(p); };
-    const auto first = address(m.data());
-    const auto last = address(m.data() + (m.rows() - 1) * m.outerStride() + m.cols());
-    if (weights.copy == nullptr || m.size() == 0 || first < address(weights.master) ||
-        last > address(weights.master + weights.size)) {
-        return std::nullopt;
+    if constexpr (!std::is_same_v<typename V::Scalar, float>) {
+        return std::nullopt;  // already bf16
+    } else {
+        const auto address = [](const float* p) { return reinterpret_cast<std::uintptr_t>(p); };
+        const auto first = address(m.data());
+        const auto last = address(m.data() + (m.rows() - 1) * m.outerStride() + m.cols());
+        if (weights.copy == nullptr || m.size() == 0 || first < address(weights.master) ||
+            last > address(weights.master + weights.size)) {
+            return std::nullopt;
+        }
+        const auto offset = static_cast<std::size_t>(m.data() - weights.master);
+        return ConstMatrixView<bf16>(weights.copy + offset, m.rows(), m.cols(), Eigen::OuterStride<>(m.outerStride()));
     }
-    const auto offset = static_cast<std::size_t>(m.data() - weights.master);
-    return ConstMatrixView<bf16>(weights.copy + offset, m.rows(), m.cols(), Eigen::OuterStride<>(m.outerStride()));
 }
 }  // namespace detail
 
-// gemm() of a layer's product, in the precision of the active scope (see the top of this file).
+// gemm() of a layer's product, in the precision of the active scope (see the top of this file). An
+// operand stored in bf16 (a product input mixed precision keeps so) makes it a bf16 product.
 template <class A, class B, class C>
 void linear_product(const A& a, Op op_a, const B& b, Op op_b, C&& c, typename std::remove_cvref_t<C>::Scalar alpha = 1,
                     typename std::remove_cvref_t<C>::Scalar beta = 0) {
     using T = typename std::remove_cvref_t<C>::Scalar;
-    if (const auto* weights = detail::active_bf16_products; weights && a.size() > 0 && b.size() > 0) {
+    constexpr bool stored_bf16 = std::is_same_v<typename A::Scalar, bf16> || std::is_same_v<typename B::Scalar, bf16>;
+    static_assert(!stored_bf16 || std::is_same_v<T, float>, "linear_product: bf16 operands give a float product");
+    const auto* weights = detail::active_bf16_products;
+    if (stored_bf16 || (weights && a.size() > 0 && b.size() > 0)) {
         if constexpr (std::is_same_v<T, float>) {
             // Operands inside the master weights are read from the copy, others rounded on the way in.
+            static const Bf16WeightCopy no_copy{};
+            const Bf16WeightCopy& copy = weights ? *weights : no_copy;
             const auto run = [&](const auto& x, const auto& y) { gemm_bf16_values(x, op_a, y, op_b, c, alpha, beta); };
-            const auto a_copy = detail::in_weight_copy(a, *weights), b_copy = detail::in_weight_copy(b, *weights);
+            const auto a_copy = detail::in_weight_copy(a, copy), b_copy = detail::in_weight_copy(b, copy);
             if (a_copy && b_copy) {
                 run(*a_copy, *b_copy);
             } else if (a_copy) {
@@ -101,7 +111,7 @@ void linear_product(const A& a, Op op_a, const B& b, Op op_b, C&& c, typename st
             return;
         }
     }
-    gemm(a, op_a, b, op_b, std::forward<C>(c), alpha, beta);
+    if constexpr (!stored_bf16) gemm(a, op_a, b, op_b, std::forward<C>(c), alpha, beta);
 }
 
 // y [tokens, out] = x [tokens, in] * W^T, W [out, in].
@@ -111,8 +121,9 @@ void linear_forward(ConstMatrixView<T> x, ConstMatrixView<T> weight, MatrixView<
 }
 
 // dx [tokens, in] = dy W (overwritten, or added to when accumulate_dx); dW [out, in] += dy^T x.
-template <class T>
-void linear_backward(ConstMatrixView<T> x, ConstMatrixView<T> weight, ConstMatrixView<T> dy, MatrixView<T> dx,
+// x may be stored in bf16 (Activations::bf16_act).
+template <class T, class X>
+void linear_backward(const X& x, ConstMatrixView<T> weight, ConstMatrixView<T> dy, MatrixView<T> dx,
                      MatrixView<T> d_weight, bool accumulate_dx = false) {
     linear_product(dy, Op::none, weight, Op::none, dx, T(1), accumulate_dx ? T(1) : T(0));
     linear_product(dy, Op::transpose, x, Op::none, d_weight, T(1), T(1));
