@@ -43,17 +43,34 @@ public:
         const T inv_bias2_sqrt = static_cast<T>(1.0 / bias2_sqrt);
         const T eps = static_cast<T>(settings_.eps), tb1 = static_cast<T>(b1), tb2 = static_cast<T>(b2);
         const T scale = static_cast<T>(grad_scale);
+        // In blocks of 256, each in three vectorised loops. One plain loop would stay scalar: std::sqrt
+        // may set errno, so unless the user builds with -fno-math-errno the compiler keeps the loop
+        // scalar, and this pass, which reads and writes four buffers as large as the model, ran at
+        // half the memory bandwidth (0.34 against 0.19 s per step of the seed on one core). So the
+        // square roots are Eigen's (the correctly rounded vector instruction), taken over the block
+        // while it is in L1, between two loops with none.
+        constexpr std::ptrdiff_t block = 256;
         const auto n = static_cast<std::ptrdiff_t>(m_.size());
+        const std::ptrdiff_t blocks = (n + block - 1) / block;
 #pragma omp parallel for schedule(static)
-        for (std::ptrdiff_t i = 0; i < n; ++i) {
-            const T g = grad_scale == 1.0 ? grads[i] : grads[i] * scale;
-            if (zero_grads) grads[i] = T(0);
-            T& m = m_[static_cast<std::size_t>(i)];
-            T& v = v_[static_cast<std::size_t>(i)];
-            params[i] *= decay;
-            m = tb1 * m + (T(1) - tb1) * g;
-            v = tb2 * v + (T(1) - tb2) * g * g;
-            params[i] -= step_size * m / (std::sqrt(v) * inv_bias2_sqrt + eps);
+        for (std::ptrdiff_t b = 0; b < blocks; ++b) {
+            const std::ptrdiff_t begin = b * block, len = std::min(block, n - begin);
+            T* const p = params + begin;
+            T* const g = grads + begin;
+            T* const m = m_.data() + begin;
+            T* const v = v_.data() + begin;
+            alignas(64) T root_v[block];
+            for (std::ptrdiff_t i = 0; i < len; ++i) {
+                const T gi = grad_scale == 1.0 ? g[i] : g[i] * scale;
+                if (zero_grads) g[i] = T(0);
+                m[i] = tb1 * m[i] + (T(1) - tb1) * gi;
+                v[i] = tb2 * v[i] + (T(1) - tb2) * gi * gi;
+            }
+            using Array = Eigen::Array<T, Eigen::Dynamic, 1>;
+            Eigen::Map<Array>(root_v, len) = Eigen::Map<const Array>(v, len).sqrt();
+            for (std::ptrdiff_t i = 0; i < len; ++i) {
+                p[i] = p[i] * decay - step_size * m[i] / (root_v[i] * inv_bias2_sqrt + eps);
+            }
         }
     }
 
