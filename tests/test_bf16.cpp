@@ -82,7 +82,8 @@ struct Bf16KernelFor {
 // gemm() with bf16 inputs, both kernels, every transpose, alpha and beta, against the double product
 // of the same bf16 values: only the fp32 accumulation differs (depth k, plus alpha, beta and the
 // additions of k blocks: fewer than k + 4 roundings per element, we allow 2 (k + 4) u_f). The widened
-// kernel is also run with tiny scratch budgets, which cut the product into blocks along m, n and k.
+// kernel is also run with tiny scratch budgets, which cut the product into blocks along m, n and k,
+// and with operands given as Bf16Values.
 TEST_CASE("bf16 products: native and widened kernels multiply bf16 values exactly and accumulate in fp32") {
     std::mt19937_64 rng(21);
     const Index m = 37, k = 53, n = 29;
@@ -110,10 +111,23 @@ TEST_CASE("bf16 products: native and widened kernels multiply bf16 values exactl
                 }
                 // Budgets of 64 and 700 elements cut the product into blocks of a few rows, columns and
                 // depths (both halves of each dimension); 1 M leaves it whole.
+                // Operands already holding bf16 values in fp32 (Bf16Values) are read in place and only
+                // the others are cut.
+                const MatF a_float = a.cast<float>(), b_float = b.cast<float>();
+                const Bf16Values a_values(cview(a_float)), b_values(cview(b_float));
                 for (const Index budget : {Index{64}, Index{700}, Index{1} << 20}) {
                     CAPTURE(budget);
                     MatF c = c0;
                     detail::gemm_widened(a, op_a, b, op_b, c, alpha, beta, budget);
+                    check(c);
+                    c = c0;
+                    detail::gemm_widened(a_values, op_a, b, op_b, c, alpha, beta, budget);
+                    check(c);
+                    c = c0;
+                    detail::gemm_widened(a, op_a, b_values, op_b, c, alpha, beta, budget);
+                    check(c);
+                    c = c0;
+                    detail::gemm_widened(a_values, op_a, b_values, op_b, c, alpha, beta, budget);
                     check(c);
                 }
             }
@@ -241,6 +255,47 @@ TEST_CASE("bf16 classifier: logits from bf16 operands, softmax and loss in fp32"
     const auto rel = [](const MatF& got, const MatD& want) { return (got.cast<double>() - want).cwiseAbs().maxCoeff() / want.cwiseAbs().maxCoeff(); };
     CHECK(rel(dh, dh_exact) <= 4 * u_b * 2 + 2 * logit_bound);
     CHECK(rel(d_head, d_head_exact) <= 4 * u_b * 2 + 2 * logit_bound);
+}
+
+// With h the identity, d_head = d_logits^T exactly (one nonzero term per element), so d_head shows
+// the d_logits the products read: softmax - onehot, rounded to bf16 values.
+TEST_CASE("bf16 classifier: the products read d_logits rounded to bf16") {
+    Bf16Kernel kernel = Bf16Kernel::native;
+    SUBCASE("native bf16 products") { kernel = Bf16Kernel::native; }
+    SUBCASE("widened bf16 products") { kernel = Bf16Kernel::widened; }
+    const Bf16KernelFor selected(kernel);
+    std::mt19937_64 rng(8);
+    const Index n = 16, vocab = 300;
+    const MatF h = MatF::Identity(n, n), head = random_float(vocab, n, rng);
+    std::vector<std::int32_t> targets(static_cast<std::size_t>(n));
+    for (auto& t : targets) t = static_cast<std::int32_t>(rng() % vocab);
+    Buffer<float> chunk;
+    MatF dh(n, n), d_head = MatF::Zero(vocab, n);
+    {
+        const Bf16Products bf16_products(no_weight_copy);
+        classifier_forward_backward<float>(cview(h), cview(head), targets, 1.0f, dh.data(), d_head.data(), chunk, 10);
+    }
+    // Expected: (softmax - onehot) of the logits h head^T = rounded head^T, in double. In fp32 each
+    // d_logit is within eps = 2 (vocab + 4) u_f of it, relative (a sum of vocab positive terms, exp,
+    // a division; the target's p - 1 loses at most a factor 2 more while p < 1/2); rounding to bf16
+    // then adds at most u_b relative.
+    const MatD logits = head.unaryExpr([](float v) { return double(float(bf16(v))); }).transpose().cast<double>();
+    int not_bf16 = 0;
+    double worst = 0;
+    for (Index i = 0; i < n; ++i) {
+        const Eigen::RowVectorXd p = (logits.row(i).array() - logits.row(i).maxCoeff()).exp().matrix();
+        Eigen::RowVectorXd want = p / p.sum();
+        want(targets[static_cast<std::size_t>(i)]) -= 1;
+        CHECK(want(targets[static_cast<std::size_t>(i)]) < -0.5);
+        for (Index v = 0; v < vocab; ++v) {
+            const float got = d_head(v, i);
+            not_bf16 += detail::round_to_bf16_value(got) != got;
+            worst = std::max(worst, std::abs(double(got) - want(v)) / (std::abs(want(v)) * u_b + 1e-30));
+        }
+    }
+    CHECK(not_bf16 == 0);
+    const double eps = 2.0 * double(vocab + 4) * u_f;
+    CHECK(worst <= (1 + eps) + eps / u_b);
 }
 
 // Model-level: Gemma3Tiny (MQA, q/k norms, sliding window active at 24 tokens, untied head).

@@ -260,6 +260,18 @@ inline void onednn_matmul(dnnl_data_type_t in, const void* a, bool trans_a, Inde
 }
 #endif
 
+}  // namespace detail
+
+// A float matrix whose values are bf16 values already (rounded once where they were made, e.g. by
+// with_bf16_values below): the bf16 products read it as it is, where they round a plain float
+// operand on the way in. Only the type differs from ConstMatrixView<float>.
+class Bf16Values : public ConstMatrixView<float> {
+public:
+    explicit Bf16Values(const ConstMatrixView<float>& values) : ConstMatrixView<float>(values) {}
+};
+
+namespace detail {
+
 // Throws unless op(a) [m, k] times op(b) [k, n] gives c's [m, n].
 template <class A, class B, class C>
 void check_gemm_shapes(const A& a, Op op_a, const B& b, Op op_b, const C& c) {
@@ -275,7 +287,7 @@ void check_gemm_shapes(const A& a, Op op_a, const B& b, Op op_b, const C& c) {
 }
 
 // The widened bf16 product (Bf16Kernel::widened), defined below gemm(), which it calls in fp32.
-// Operands in bf16, or in float to be rounded to bf16.
+// Operands in bf16, in float to be rounded to bf16, or Bf16Values (taken as they are).
 template <class A, class B, class C>
 void gemm_widened(const A& a, Op op_a, const B& b, Op op_b, C&& c, float alpha, float beta, Index budget);
 
@@ -387,6 +399,16 @@ template <class S>
 MatrixView<S> block_of(S* data, Index ld, Index r0, Index c0, Index rows, Index cols) {
     return {data + r0 * ld + c0, rows, cols, Eigen::OuterStride<>(ld)};
 }
+// The same block of a view, keeping its type (a block of Bf16Values holds bf16 values too).
+template <class V>
+auto block_of(const V& m, Index r0, Index c0, Index rows, Index cols) {
+    const auto block = block_of(m.data(), m.outerStride(), r0, c0, rows, cols);
+    if constexpr (std::is_same_v<V, Bf16Values>) {
+        return Bf16Values(block);
+    } else {
+        return block;
+    }
+}
 
 // x rounded to the nearest bf16 value (ties to even), kept in fp32; a NaN stays a NaN. Written on
 // the bits so that loops over it vectorize: twice the speed of Eigen's float -> bfloat16 -> float
@@ -398,51 +420,69 @@ inline float round_to_bf16_value(float x) {
     return std::bit_cast<float>(bits & 0xffff0000u);
 }
 
-// `m`'s bf16 values in fp32, in `scratch` (resized), as a contiguous view: a bf16 `m` widened
-// (exact), a float one rounded to bf16 (nearest even) on the way.
+// `m` (float) rounded to bf16 values (nearest even), kept in fp32 in `scratch` (resized).
+template <class V>
+Bf16Values round_to_bf16_values(const V& m, Buffer<float>& scratch) {
+    static_assert(std::is_same_v<typename V::Scalar, float>);
+    const Index rows = m.rows(), cols = m.cols();
+    scratch.resize(static_cast<std::size_t>(rows * cols));
+#pragma omp parallel for schedule(static) if (rows * cols >= (1 << 16))
+    for (Index r = 0; r < rows; ++r) {
+        const float* in = m.data() + r * m.outerStride();
+        float* out = scratch.data() + r * cols;
+        for (Index c = 0; c < cols; ++c) out[c] = round_to_bf16_value(in[c]);
+    }
+    return Bf16Values(const_view(scratch.data(), rows, cols));
+}
+
+// `m`'s bf16 values in fp32 as a contiguous view: a bf16 `m` widened (exact) into `scratch`, a
+// float one rounded into it, Bf16Values as they are.
 template <class V>
 ConstMatrixView<float> widen_to_float(const V& m, Buffer<float>& scratch) {
     using S = typename V::Scalar;
-    static_assert(std::is_same_v<S, bf16> || std::is_same_v<S, float>);
-    const Index rows = m.rows(), cols = m.cols();
-    scratch.resize(static_cast<std::size_t>(rows * cols));
-    auto out = block_of(scratch.data(), cols, 0, 0, rows, cols);
+    if constexpr (std::is_same_v<V, Bf16Values>) {
+        return m;
+    } else if constexpr (std::is_same_v<S, float>) {
+        return round_to_bf16_values(m, scratch);
+    } else {
+        static_assert(std::is_same_v<S, bf16>);
+        const Index rows = m.rows(), cols = m.cols();
+        scratch.resize(static_cast<std::size_t>(rows * cols));
+        auto out = block_of(scratch.data(), cols, 0, 0, rows, cols);
 #pragma omp parallel for schedule(static) if (rows * cols >= (1 << 16))
-    for (Index r = 0; r < rows; ++r) {
-        if constexpr (std::is_same_v<S, bf16>) {
-            out.row(r) = m.row(r).template cast<float>();
-        } else {
-            const float* in = m.data() + r * m.outerStride();
-            float* row = scratch.data() + r * cols;
-            for (Index c = 0; c < cols; ++c) row[c] = round_to_bf16_value(in[c]);
-        }
+        for (Index r = 0; r < rows; ++r) out.row(r) = m.row(r).template cast<float>();
+        return const_view(scratch.data(), rows, cols);
     }
-    return const_view(scratch.data(), rows, cols);
 }
 
-// Bf16Kernel::widened, for operands in bf16 or in float (then rounded to bf16 on the way in). When
-// the two widened operands would hold more than `budget` elements, the longest of m, n, k is halved
-// and each half multiplied in turn (k halves accumulate into c), so the scratch stays small and each
-// operand element is widened once per block along the other dimensions: the head's [vocab, width]
-// weight is cut along vocab, its gradient's tokens along k.
+// Bf16Kernel::widened, for operands in bf16 or in float (then rounded to bf16 on the way in), or
+// Bf16Values (read in place). When the operands to widen would hold more than `budget` elements,
+// the longest of their dimensions is halved and each half multiplied in turn (k halves accumulate
+// into c), so the scratch stays small and each operand element is widened once per block along the
+// other dimensions: the head's [vocab, width] weight is cut along vocab, its gradient's tokens
+// along k.
 template <class A, class B, class C>
 void gemm_widened(const A& a, Op op_a, const B& b, Op op_b, C&& c, float alpha, float beta, Index budget) {
     const Index m = c.rows(), n = c.cols(), k = op_a == Op::none ? a.cols() : a.rows();
-    const Index lda = a.outerStride(), ldb = b.outerStride(), ldc = c.outerStride();
+    const Index ldc = c.outerStride();
     const bool ta = op_a == Op::transpose, tb = op_b == Op::transpose;
     // op(a)'s rows [r0, r0 + rows) and columns [k0, k0 + depth) in a's storage; likewise op(b).
     const auto a_block = [&](Index r0, Index rows, Index k0, Index depth) {
-        return ta ? block_of(a.data(), lda, k0, r0, depth, rows) : block_of(a.data(), lda, r0, k0, rows, depth);
+        return ta ? block_of(a, k0, r0, depth, rows) : block_of(a, r0, k0, rows, depth);
     };
     const auto b_block = [&](Index k0, Index depth, Index c0, Index cols) {
-        return tb ? block_of(b.data(), ldb, c0, k0, cols, depth) : block_of(b.data(), ldb, k0, c0, depth, cols);
+        return tb ? block_of(b, c0, k0, cols, depth) : block_of(b, k0, c0, depth, cols);
     };
-    if (m * k + k * n > budget && std::max({m, n, k}) > 1) {
-        if (k >= m && k >= n) {
+    // Only the operands that must be widened take scratch, so only their dimensions are cut.
+    constexpr bool widen_a = !std::is_same_v<A, Bf16Values>, widen_b = !std::is_same_v<B, Bf16Values>;
+    const Index widened = (widen_a ? m * k : 0) + (widen_b ? k * n : 0);
+    const Index cut_m = widen_a ? m : 1, cut_n = widen_b ? n : 1;
+    if (widened > budget && std::max({cut_m, cut_n, k}) > 1) {
+        if (k >= cut_m && k >= cut_n) {
             const Index h = k / 2;
             gemm_widened(a_block(0, m, 0, h), op_a, b_block(0, h, 0, n), op_b, c, alpha, beta, budget);
             gemm_widened(a_block(0, m, h, k - h), op_a, b_block(h, k - h, 0, n), op_b, c, alpha, 1.0f, budget);
-        } else if (n >= m) {
+        } else if (cut_n >= cut_m) {
             const Index h = n / 2;
             gemm_widened(a, op_a, b_block(0, k, 0, h), op_b, block_of(c.data(), ldc, 0, 0, m, h), alpha, beta, budget);
             gemm_widened(a, op_a, b_block(0, k, h, n - h), op_b, block_of(c.data(), ldc, 0, h, m, n - h), alpha, beta, budget);
@@ -546,6 +586,26 @@ void gemm_bf16_values(const A& a, Op op_a, const B& b, Op op_b, C&& c, float alp
     }
     thread_local Buffer<bf16> a_scratch, b_scratch;
     gemm(detail::as_bf16(a, a_scratch), op_a, detail::as_bf16(b, b_scratch), op_b, c, alpha, beta);
+}
+
+// Calls f with `m`'s bf16 values, made once for the several products that read them (a layer's
+// backward reads dy twice): bf16 (an exact copy of Bf16Values, else rounded) for the native kernel,
+// fp32 holding bf16 values for the widened one (Bf16Values read in place, else rounded), so that no
+// product of f rounds or copies them again.
+template <class V, class F>
+void with_bf16_values(const V& m, F&& f) {
+    static_assert(std::is_same_v<typename V::Scalar, float>);
+    if (bf16_kernel() == Bf16Kernel::widened) {
+        if constexpr (std::is_same_v<V, Bf16Values>) {
+            f(m);
+        } else {
+            thread_local Buffer<float> scratch;
+            f(detail::round_to_bf16_values(m, scratch));
+        }
+    } else {
+        thread_local Buffer<bf16> scratch;
+        f(detail::as_bf16(m, scratch));
+    }
 }
 
 inline std::string gemm_engine_name() {

@@ -17,6 +17,7 @@
 #include <span>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 namespace gemma3 {
 
@@ -41,6 +42,9 @@ ClassifierResult classifier_forward_backward(ConstMatrixView<T> h, ConstMatrixVi
     chunk_rows = std::min(chunk_rows, n);
     logits_chunk.resize(static_cast<std::size_t>(chunk_rows * vocab));
     std::vector<double> row_loss(static_cast<std::size_t>(chunk_rows));
+    // Mixed precision multiplies d_logits in bf16: rounded here, while each row is in cache, and
+    // once for the two products that read it.
+    const bool bf16_d_logits = std::is_same_v<T, float> && Bf16Products::active();
     ClassifierResult result;
     for (Index r0 = 0; r0 < n; r0 += chunk_rows) {
         const Index rows = std::min(chunk_rows, n - r0);
@@ -58,6 +62,12 @@ ClassifierResult classifier_forward_backward(ConstMatrixView<T> h, ConstMatrixVi
                 const T sum = row.sum();
                 row(y) = row(y) - sum;  // p - onehot, times sum (rescaled next)
                 row *= grad_scale / sum;
+                if constexpr (std::is_same_v<T, float>) {
+                    if (bf16_d_logits) {
+                        float* values = &logits(r, 0);
+                        for (Index c = 0; c < vocab; ++c) values[c] = detail::round_to_bf16_value(values[c]);
+                    }
+                }
                 row_loss[static_cast<std::size_t>(r)] =
                     static_cast<double>(max) + std::log(static_cast<double>(sum)) - static_cast<double>(target_logit);
             } else {
@@ -68,8 +78,19 @@ ClassifierResult classifier_forward_backward(ConstMatrixView<T> h, ConstMatrixVi
         }
         for (Index r = 0; r < rows; ++r) result.loss_sum += row_loss[static_cast<std::size_t>(r)];  // fixed order
         if (dh) {
-            linear_product(logits, Op::none, head, Op::none, row_block(matrix_view(dh, n, d), r0, rows));
-            linear_product(logits, Op::transpose, h_rows, Op::none, matrix_view(d_head, vocab, d), T(1), T(1));
+            const auto products = [&](const auto& d_logits) {
+                linear_product(d_logits, Op::none, head, Op::none, row_block(matrix_view(dh, n, d), r0, rows));
+                linear_product(d_logits, Op::transpose, h_rows, Op::none, matrix_view(d_head, vocab, d), T(1), T(1));
+            };
+            if constexpr (std::is_same_v<T, float>) {
+                if (bf16_d_logits) {
+                    with_bf16_values(Bf16Values(as_const(logits)), products);
+                } else {
+                    products(logits);
+                }
+            } else {
+                products(logits);
+            }
         }
     }
     return result;

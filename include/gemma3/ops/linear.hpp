@@ -121,12 +121,22 @@ void linear_forward(ConstMatrixView<T> x, ConstMatrixView<T> weight, MatrixView<
 }
 
 // dx [tokens, in] = dy W (overwritten, or added to when accumulate_dx); dW [out, in] += dy^T x.
-// x may be stored in bf16 (Activations::bf16_act).
+// x may be stored in bf16 (Activations::bf16_act). In mixed precision dy is rounded to bf16 once for
+// both products.
 template <class T, class X>
 void linear_backward(const X& x, ConstMatrixView<T> weight, ConstMatrixView<T> dy, MatrixView<T> dx,
                      MatrixView<T> d_weight, bool accumulate_dx = false) {
-    linear_product(dy, Op::none, weight, Op::none, dx, T(1), accumulate_dx ? T(1) : T(0));
-    linear_product(dy, Op::transpose, x, Op::none, d_weight, T(1), T(1));
+    const auto products = [&](const auto& dy_operand) {
+        linear_product(dy_operand, Op::none, weight, Op::none, dx, T(1), accumulate_dx ? T(1) : T(0));
+        linear_product(dy_operand, Op::transpose, x, Op::none, d_weight, T(1), T(1));
+    };
+    if constexpr (std::is_same_v<T, float>) {
+        if (Bf16Products::active() && dy.size() > 0) {
+            with_bf16_values(dy, products);
+            return;
+        }
+    }
+    products(dy);
 }
 
 }  // namespace gemma3
