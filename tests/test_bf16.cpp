@@ -79,6 +79,14 @@ struct Bf16KernelFor {
     ~Bf16KernelFor() { set_bf16_kernel(Bf16Kernel::automatic); }
 };
 
+// Runs the calling test case once per bf16 kernel (as two doctest subcases); returns this run's.
+Bf16Kernel each_bf16_kernel() {
+    Bf16Kernel kernel = Bf16Kernel::native;
+    SUBCASE("native bf16 products") { kernel = Bf16Kernel::native; }
+    SUBCASE("widened bf16 products") { kernel = Bf16Kernel::widened; }
+    return kernel;
+}
+
 // gemm() with bf16 inputs, both kernels, every transpose, alpha and beta, against the double product
 // of the same bf16 values: only the fp32 accumulation differs (depth k, plus alpha, beta and the
 // additions of k blocks: fewer than k + 4 roundings per element, we allow 2 (k + 4) u_f). The widened
@@ -166,10 +174,7 @@ TEST_CASE("GEMMA3_BF16_KERNEL: a value other than native, widened or auto is an 
 // A linear layer's three products, in bf16 (float under the scope), against the double product of
 // the same rounded operands and against the exact product.
 TEST_CASE("bf16 linear forward and backward: fp32 accumulation of bf16-rounded operands") {
-    Bf16Kernel kernel = Bf16Kernel::native;
-    SUBCASE("native bf16 products") { kernel = Bf16Kernel::native; }
-    SUBCASE("widened bf16 products") { kernel = Bf16Kernel::widened; }
-    const Bf16KernelFor selected(kernel);
+    const Bf16KernelFor selected(each_bf16_kernel());
     std::mt19937_64 rng(5);
     const Index tokens = 48, in = 96, out = 40;
     const MatF x = random_float(tokens, in, rng), w = random_float(out, in, rng, 0.1), dy = random_float(tokens, out, rng);
@@ -260,10 +265,7 @@ TEST_CASE("bf16 classifier: logits from bf16 operands, softmax and loss in fp32"
 // With h the identity, d_head = d_logits^T exactly (one nonzero term per element), so d_head shows
 // the d_logits the products read: softmax - onehot, rounded to bf16 values.
 TEST_CASE("bf16 classifier: the products read d_logits rounded to bf16") {
-    Bf16Kernel kernel = Bf16Kernel::native;
-    SUBCASE("native bf16 products") { kernel = Bf16Kernel::native; }
-    SUBCASE("widened bf16 products") { kernel = Bf16Kernel::widened; }
-    const Bf16KernelFor selected(kernel);
+    const Bf16KernelFor selected(each_bf16_kernel());
     std::mt19937_64 rng(8);
     const Index n = 16, vocab = 300;
     const MatF h = MatF::Identity(n, n), head = random_float(vocab, n, rng);
@@ -317,10 +319,7 @@ double normwise(const float* got, const double* want, std::size_t count) {
 }
 
 TEST_CASE("Cpu<bf16> forward and backward track Cpu<double> within the bf16 bounds") {
-    Bf16Kernel kernel = Bf16Kernel::native;
-    SUBCASE("native bf16 products") { kernel = Bf16Kernel::native; }
-    SUBCASE("widened bf16 products") { kernel = Bf16Kernel::widened; }
-    const Bf16KernelFor selected(kernel);
+    const Bf16KernelFor selected(each_bf16_kernel());
     using C = configs::Gemma3Tiny;
     using D = Dims<C>;
     const Index batch = 2, seq = 24, n = batch * seq;
