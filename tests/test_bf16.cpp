@@ -28,6 +28,7 @@
 #include <gemma3/text/tokenizer.hpp>
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cmath>
 #include <cstdint>
@@ -94,49 +95,53 @@ Bf16Kernel each_bf16_kernel() {
 // and with operands given as Bf16Values.
 TEST_CASE("bf16 products: native and widened kernels multiply bf16 values exactly and accumulate in fp32") {
     std::mt19937_64 rng(21);
-    const Index m = 37, k = 53, n = 29;
-    for (const Op op_a : {Op::none, Op::transpose}) {
-        for (const Op op_b : {Op::none, Op::transpose}) {
-            const RowMatrix<bf16> a = (op_a == Op::none ? random_float(m, k, rng) : random_float(k, m, rng)).cast<bf16>();
-            const RowMatrix<bf16> b = (op_b == Op::none ? random_float(k, n, rng) : random_float(n, k, rng)).cast<bf16>();
-            const MatF c0 = random_float(m, n, rng);
-            const MatD ad = a.cast<float>().cast<double>(), bd = b.cast<float>().cast<double>();
-            const MatD opa = op_a == Op::none ? ad : MatD(ad.transpose()), opb = op_b == Op::none ? bd : MatD(bd.transpose());
-            for (const auto& [alpha, beta] : {std::pair{1.0f, 0.0f}, std::pair{-0.5f, 1.0f}, std::pair{2.0f, 0.25f}}) {
-                const MatD want = double(alpha) * opa * opb + double(beta) * c0.cast<double>();
-                const MatD scale = std::abs(alpha) * opa.cwiseAbs() * opb.cwiseAbs() + std::abs(beta) * c0.cast<double>().cwiseAbs();
-                const auto check = [&](const MatF& got) {
-                    CAPTURE(static_cast<int>(op_a));
-                    CAPTURE(static_cast<int>(op_b));
-                    CAPTURE(alpha);
-                    check_elementwise(got, want, scale, 2.0 * (k + 4) * u_f, 1e3);
-                };
-                for (const Bf16Kernel kernel : {Bf16Kernel::native, Bf16Kernel::widened}) {
-                    const Bf16KernelFor selected(kernel);
-                    MatF c = c0;
-                    gemm(a, op_a, b, op_b, c, alpha, beta);
-                    check(c);
-                }
-                // Budgets of 64 and 700 elements cut the product into blocks of a few rows, columns and
-                // depths (both halves of each dimension); 1 M leaves it whole.
-                // Operands already holding bf16 values in fp32 (Bf16Values) are read in place and only
-                // the others are cut.
-                const MatF a_float = a.cast<float>(), b_float = b.cast<float>();
-                const Bf16Values a_values(cview(a_float)), b_values(cview(b_float));
-                for (const Index budget : {Index{64}, Index{700}, Index{1} << 20}) {
-                    CAPTURE(budget);
-                    MatF c = c0;
-                    detail::gemm_widened(a, op_a, b, op_b, c, alpha, beta, budget);
-                    check(c);
-                    c = c0;
-                    detail::gemm_widened(a_values, op_a, b, op_b, c, alpha, beta, budget);
-                    check(c);
-                    c = c0;
-                    detail::gemm_widened(a, op_a, b_values, op_b, c, alpha, beta, budget);
-                    check(c);
-                    c = c0;
-                    detail::gemm_widened(a_values, op_a, b_values, op_b, c, alpha, beta, budget);
-                    check(c);
+    // Two shapes, so that either operand is the smaller (the one widened first, see the budgets).
+    for (const auto& shape : {std::array<Index, 3>{37, 53, 29}, std::array<Index, 3>{29, 53, 37}}) {
+        const Index m = shape[0], k = shape[1], n = shape[2];
+        for (const Op op_a : {Op::none, Op::transpose}) {
+            for (const Op op_b : {Op::none, Op::transpose}) {
+                const RowMatrix<bf16> a = (op_a == Op::none ? random_float(m, k, rng) : random_float(k, m, rng)).cast<bf16>();
+                const RowMatrix<bf16> b = (op_b == Op::none ? random_float(k, n, rng) : random_float(n, k, rng)).cast<bf16>();
+                const MatF c0 = random_float(m, n, rng);
+                const MatD ad = a.cast<float>().cast<double>(), bd = b.cast<float>().cast<double>();
+                const MatD opa = op_a == Op::none ? ad : MatD(ad.transpose()), opb = op_b == Op::none ? bd : MatD(bd.transpose());
+                for (const auto& [alpha, beta] : {std::pair{1.0f, 0.0f}, std::pair{-0.5f, 1.0f}, std::pair{2.0f, 0.25f}}) {
+                    const MatD want = double(alpha) * opa * opb + double(beta) * c0.cast<double>();
+                    const MatD scale = std::abs(alpha) * opa.cwiseAbs() * opb.cwiseAbs() + std::abs(beta) * c0.cast<double>().cwiseAbs();
+                    const auto check = [&](const MatF& got) {
+                        CAPTURE(static_cast<int>(op_a));
+                        CAPTURE(static_cast<int>(op_b));
+                        CAPTURE(alpha);
+                        check_elementwise(got, want, scale, 2.0 * (k + 4) * u_f, 1e3);
+                    };
+                    for (const Bf16Kernel kernel : {Bf16Kernel::native, Bf16Kernel::widened}) {
+                        const Bf16KernelFor selected(kernel);
+                        MatF c = c0;
+                        gemm(a, op_a, b, op_b, c, alpha, beta);
+                        check(c);
+                    }
+                    // Budgets of 64 and 700 elements cut the product into blocks of a few rows, columns and
+                    // depths (both halves of each dimension); 1 M leaves it whole; with 3,200 the smaller
+                    // operand (29 x 53) fits in half the budget and is widened once, the other cut.
+                    // Operands already holding bf16 values in fp32 (Bf16Values) are read in place and only
+                    // the others are cut.
+                    const MatF a_float = a.cast<float>(), b_float = b.cast<float>();
+                    const Bf16Values a_values(cview(a_float)), b_values(cview(b_float));
+                    for (const Index budget : {Index{64}, Index{700}, Index{3200}, Index{1} << 20}) {
+                        CAPTURE(budget);
+                        MatF c = c0;
+                        detail::gemm_widened(a, op_a, b, op_b, c, alpha, beta, budget);
+                        check(c);
+                        c = c0;
+                        detail::gemm_widened(a_values, op_a, b, op_b, c, alpha, beta, budget);
+                        check(c);
+                        c = c0;
+                        detail::gemm_widened(a, op_a, b_values, op_b, c, alpha, beta, budget);
+                        check(c);
+                        c = c0;
+                        detail::gemm_widened(a_values, op_a, b_values, op_b, c, alpha, beta, budget);
+                        check(c);
+                    }
                 }
             }
         }

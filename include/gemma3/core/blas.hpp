@@ -410,29 +410,40 @@ auto block_of(const V& m, Index r0, Index c0, Index rows, Index cols) {
     }
 }
 
-// x rounded to the nearest bf16 value (ties to even), kept in fp32; a NaN stays a NaN. Written on
-// the bits so that loops over it vectorize: twice the speed of Eigen's float -> bfloat16 -> float
-// casts here (22 against 45 ms for 32 M values on one core), the speed of widening bf16.
-inline float round_to_bf16_value(float x) {
-    auto bits = std::bit_cast<std::uint32_t>(x);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) return x;
-    bits += 0x7fffu + ((bits >> 16) & 1u);
-    return std::bit_cast<float>(bits & 0xffff0000u);
+// x rounded to the nearest bf16 (ties to even): the upper 16 bits of the result; a NaN stays a
+// NaN (made quiet, so that dropping its low bits cannot turn it into infinity). Every float ->
+// bf16 rounding here goes through it, so both bf16 kernels see the same values. Written on the
+// bits so that loops over it vectorize: Eigen's float -> bfloat16 -> float round trip runs at half
+// its speed here (45 against 22 ms for 32 M values on one core).
+inline std::uint16_t bf16_bits_of(float x) {
+    const auto bits = std::bit_cast<std::uint32_t>(x);
+    if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((bits | 0x00400000u) >> 16);
+    return static_cast<std::uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+}
+
+// x rounded to the nearest bf16 value, kept in fp32 (the widened kernel's operands).
+inline float round_to_bf16_value(float x) { return std::bit_cast<float>(std::uint32_t{bf16_bits_of(x)} << 16); }
+
+// out [rows, cols] (contiguous) = convert(m's element), row by row, the rows split between the
+// threads when there are enough of them; a memory-bound pass, which each bf16 conversion below is.
+template <class V, class Out, class F>
+void convert_rows(const V& m, Out* out, F convert) {
+    const Index rows = m.rows(), cols = m.cols();
+#pragma omp parallel for schedule(static) if (rows * cols >= (1 << 16))
+    for (Index r = 0; r < rows; ++r) {
+        const auto* in = m.data() + r * m.outerStride();
+        Out* out_row = out + r * cols;
+        for (Index c = 0; c < cols; ++c) out_row[c] = convert(in[c]);
+    }
 }
 
 // `m` (float) rounded to bf16 values (nearest even), kept in fp32 in `scratch` (resized).
 template <class V>
 Bf16Values round_to_bf16_values(const V& m, Buffer<float>& scratch) {
     static_assert(std::is_same_v<typename V::Scalar, float>);
-    const Index rows = m.rows(), cols = m.cols();
-    scratch.resize(static_cast<std::size_t>(rows * cols));
-#pragma omp parallel for schedule(static) if (rows * cols >= (1 << 16))
-    for (Index r = 0; r < rows; ++r) {
-        const float* in = m.data() + r * m.outerStride();
-        float* out = scratch.data() + r * cols;
-        for (Index c = 0; c < cols; ++c) out[c] = round_to_bf16_value(in[c]);
-    }
-    return Bf16Values(const_view(scratch.data(), rows, cols));
+    scratch.resize(static_cast<std::size_t>(m.size()));
+    convert_rows(m, scratch.data(), [](float x) { return round_to_bf16_value(x); });
+    return Bf16Values(const_view(scratch.data(), m.rows(), m.cols()));
 }
 
 // `m`'s bf16 values in fp32 as a contiguous view: a bf16 `m` widened (exact) into `scratch`, a
@@ -446,13 +457,23 @@ ConstMatrixView<float> widen_to_float(const V& m, Buffer<float>& scratch) {
         return round_to_bf16_values(m, scratch);
     } else {
         static_assert(std::is_same_v<S, bf16>);
-        const Index rows = m.rows(), cols = m.cols();
-        scratch.resize(static_cast<std::size_t>(rows * cols));
-        auto out = block_of(scratch.data(), cols, 0, 0, rows, cols);
-#pragma omp parallel for schedule(static) if (rows * cols >= (1 << 16))
-        for (Index r = 0; r < rows; ++r) out.row(r) = m.row(r).template cast<float>();
-        return const_view(scratch.data(), rows, cols);
+        scratch.resize(static_cast<std::size_t>(m.size()));
+        // On the bits: twice the speed of Eigen's bfloat16 -> float conversion, which does not vectorize.
+        convert_rows(m, scratch.data(), [](bf16 x) {
+            return std::bit_cast<float>(std::uint32_t{Eigen::numext::bit_cast<std::uint16_t>(x)} << 16);
+        });
+        return const_view(scratch.data(), m.rows(), m.cols());
     }
+}
+
+// The widened kernel's fp32 scratch, one pair per thread shared by every operand type (a
+// thread_local inside the template would be one pair per instantiation, each kept at its largest).
+struct WidenScratch {
+    Buffer<float> a, b;
+};
+inline WidenScratch& widen_scratch() {
+    thread_local WidenScratch scratch;
+    return scratch;
 }
 
 // Bf16Kernel::widened, for operands in bf16 or in float (then rounded to bf16 on the way in), or
@@ -476,6 +497,22 @@ void gemm_widened(const A& a, Op op_a, const B& b, Op op_b, C&& c, float alpha, 
     // Only the operands that must be widened take scratch, so only their dimensions are cut.
     constexpr bool widen_a = !std::is_same_v<A, Bf16Values>, widen_b = !std::is_same_v<B, Bf16Values>;
     const Index widened = (widen_a ? m * k : 0) + (widen_b ? k * n : 0);
+    auto& scratch = widen_scratch();
+    if constexpr (widen_a && widen_b) {
+        // Cut along the other operand's rows or columns, an operand would be widened again for each
+        // block (a layer's activations once per slice of the weight: 4% of the seed's forward pass).
+        // The smaller one, when it fits in half the budget, is widened once and the rest cut.
+        if (widened > budget && std::min(m, n) * k <= budget / 2) {
+            if (m <= n) {
+                const Bf16Values a_values(widen_to_float(a, scratch.a));
+                gemm_widened(a_values, op_a, b, op_b, c, alpha, beta, budget - m * k);
+            } else {
+                const Bf16Values b_values(widen_to_float(b, scratch.b));
+                gemm_widened(a, op_a, b_values, op_b, c, alpha, beta, budget - k * n);
+            }
+            return;
+        }
+    }
     const Index cut_m = widen_a ? m : 1, cut_n = widen_b ? n : 1;
     if (widened > budget && std::max({cut_m, cut_n, k}) > 1) {
         if (k >= cut_m && k >= cut_n) {
@@ -493,22 +530,20 @@ void gemm_widened(const A& a, Op op_a, const B& b, Op op_b, C&& c, float alpha, 
         }
         return;
     }
-    thread_local Buffer<float> a_scratch, b_scratch;
-    gemm(widen_to_float(a, a_scratch), op_a, widen_to_float(b, b_scratch), op_b, c, alpha, beta);
+    gemm(widen_to_float(a, scratch.a), op_a, widen_to_float(b, scratch.b), op_b, c, alpha, beta);
 }
 
-// `m` as bf16: itself when it is bf16, else rounded (nearest even) into `scratch` (resized).
+// `m` as bf16: itself when it is bf16, else rounded (nearest even, bf16_bits_of) into `scratch`
+// (resized).
 template <class V>
 ConstMatrixView<bf16> as_bf16(const V& m, Buffer<bf16>& scratch) {
     if constexpr (std::is_same_v<typename V::Scalar, bf16>) {
         return ConstMatrixView<bf16>(m.data(), m.rows(), m.cols(), Eigen::OuterStride<>(m.outerStride()));
     } else {
-        const Index rows = m.rows(), cols = m.cols();
-        scratch.resize(static_cast<std::size_t>(rows * cols));
-        auto out = block_of(scratch.data(), cols, 0, 0, rows, cols);
-#pragma omp parallel for schedule(static) if (rows * cols >= (1 << 16))
-        for (Index r = 0; r < rows; ++r) out.row(r) = m.row(r).template cast<bf16>();
-        return const_view(scratch.data(), rows, cols);
+        static_assert(std::is_same_v<typename V::Scalar, float>);
+        scratch.resize(static_cast<std::size_t>(m.size()));
+        convert_rows(m, scratch.data(), [](float x) { return Eigen::numext::bit_cast<bf16>(bf16_bits_of(x)); });
+        return const_view(scratch.data(), m.rows(), m.cols());
     }
 }
 
