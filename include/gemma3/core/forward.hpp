@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <cmath>
 #include <span>
+#include <type_traits>
 
 namespace gemma3 {
 
@@ -115,8 +116,22 @@ void block_forward(const BlockW& w, const RopeTable<T>& table, std::span<const s
     const auto gate_up = const_view<T>(a.gate_up.data(), n, 2 * D::ffn);
     geglu_forward<T>(column_block(gate_up, 0, D::ffn), column_block(gate_up, D::ffn, D::ffn),
                      matrix_view(a.act.data(), n, D::ffn));
-    linear_forward<T>(const_view<T>(a.act.data(), n, D::ffn), weight_operand(w.down_proj, D::model, D::ffn),
-                      matrix_view(a.mlp_out.data(), n, D::model));
+    // act enters only the down product. Mixed precision (Activations::bf16_act, with the training
+    // weights) keeps it in bf16 for the backward pass: rounded once, here, and this product reads
+    // those values.
+    const auto act = const_view<T>(a.act.data(), n, D::ffn);
+    const auto down = [&](const auto& x) {
+        linear_forward<T>(x, weight_operand(w.down_proj, D::model, D::ffn), matrix_view(a.mlp_out.data(), n, D::model));
+    };
+    if constexpr (std::is_same_v<BlockW, BlockWeights<const float>>) {
+        if (!a.act_bf16.empty()) {
+            down(detail::as_bf16(act, a.act_bf16));
+        } else {
+            down(act);
+        }
+    } else {
+        down(act);
+    }
     rmsnorm_forward<T>(const_view<T>(a.mlp_out.data(), n, D::model), w.post_feedforward_norm, eps,
                        matrix_view(out, n, D::model), a.mlp_out_rstd.data());
     matrix_view(out, n, D::model) += const_view<T>(a.mid.data(), n, D::model);
@@ -138,15 +153,12 @@ void forward_to_final_norm(const Weights<C, const T>& w, std::span<const std::in
         T* out = l + 1 < D::layers ? acts.blocks[li + 1].input.data() : acts.final_in.data();
         auto& a = acts.blocks[li];
         const auto shape = attention_shape<C, T>(l, acts.batch, acts.seq);
-        if (acts.bf16_act) a.act.swap(acts.act_scratch);  // the block writes act into the shared buffer
+        if (acts.bf16_act) a.act.swap(acts.act_scratch);  // the block writes fp32 act into the shared buffer
         block_forward<C, T>(w.blocks[li], rope.for_kind(D::kind(l)), std::span<const std::int32_t>(acts.positions), a, out,
                             [&](ConstMatrixView<T> q, ConstMatrixView<T> k, ConstMatrixView<T> v, MatrixView<T> attn) {
                                 flash_attention_forward<T>(q, k, v, shape, attn, acts.keep_lse ? a.lse.data() : nullptr);
                             });
-        if (acts.bf16_act) {  // keep act's bf16 values for the backward pass, give the buffer back
-            detail::as_bf16(const_view<T>(a.act.data(), n, D::ffn), a.act_bf16);
-            a.act.swap(acts.act_scratch);
-        }
+        if (acts.bf16_act) a.act.swap(acts.act_scratch);  // and gives it back; act_bf16 stays
     }
     rmsnorm_forward<T>(const_view<T>(acts.final_in.data(), n, D::model), w.final_norm, static_cast<T>(C::rms_norm_eps),
                        matrix_view(acts.final_out.data(), n, D::model), acts.final_rstd.data());

@@ -114,9 +114,9 @@ void linear_product(const A& a, Op op_a, const B& b, Op op_b, C&& c, typename st
     if constexpr (!stored_bf16) gemm(a, op_a, b, op_b, std::forward<C>(c), alpha, beta);
 }
 
-// y [tokens, out] = x [tokens, in] * W^T, W [out, in].
-template <class T>
-void linear_forward(ConstMatrixView<T> x, ConstMatrixView<T> weight, MatrixView<T> y) {
+// y [tokens, out] = x [tokens, in] * W^T, W [out, in]. x may be stored in bf16 (Activations::bf16_act).
+template <class T, class X = ConstMatrixView<T>>
+void linear_forward(const X& x, ConstMatrixView<T> weight, MatrixView<T> y) {
     linear_product(x, Op::none, weight, Op::transpose, y);
 }
 
