@@ -14,7 +14,15 @@ Measures, each in its own process (so peak memory is per measurement):
     fp32, bf16 and blockwise int8 (gemma3-bench --weights), against transformers' generate with its
     cache; a decode row's roofline is the copy bandwidth over the weight bytes it reads per token;
   - with --llama-cpp DIR, llama.cpp's llama-bench on GGUFs of the same architecture (F32, BF16, Q8_0):
-    prompt processing of batch x seq tokens, and 64 tokens decoded after seq (benchmarks/llama_cpp.py).
+    prompt processing of batch x seq tokens, and 64 tokens decoded after seq (benchmarks/llama_cpp.py);
+  - with --baseline-bench PATH, a gemma3-bench built from an earlier commit, in fp32 (training, forward,
+    decode), with OPENBLAS_CORETYPE=Haswell, the environment the CPU issue measured "today" in: commit
+    7ee89d6, before oneDNN, multiplied with OpenBLAS. Each fp32 row of ours then gets its ratio to it.
+    To build it (a few minutes):
+      git worktree add /tmp/gemma3-7ee89d6 7ee89d6
+      cmake -S /tmp/gemma3-7ee89d6 -B /tmp/gemma3-7ee89d6/build -G Ninja -DCMAKE_BUILD_TYPE=Release \
+            -DGEMMA3_CUDA=OFF -DGEMMA3_BUILD_TESTS=OFF
+      cmake --build /tmp/gemma3-7ee89d6/build --target gemma3-bench
 Each at one thread pinned to core 0 (taskset -c 0) and at two threads (--threads). PyTorch gets the
 tuning docs/design.md §4 recommends: torch.set_num_threads(n), OMP_WAIT_POLICY=PASSIVE.
 Prints a table per thread count: tokens/s, GFLOP/s, fraction of the roofline (the GEMM rate of the
@@ -61,6 +69,9 @@ def run(cmd, env_extra=None):
     return rows[-1] if rows else None, None
 
 
+BASELINE = "gemma3 fp32, baseline build"
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="seed", choices=["seed", "demo", "tiny"])
@@ -71,6 +82,9 @@ def main():
     p.add_argument("--debian-python", default="/usr/bin/python3")
     p.add_argument("--threads", default="1,2", help="thread counts to measure; 1 is pinned to core 0 (taskset)")
     p.add_argument("--no-compile", action="store_true", help="skip torch.compile (it compiles for minutes)")
+    p.add_argument("--baseline-bench", metavar="PATH",
+                   help="a gemma3-bench of an earlier commit (fp32 only), run with OPENBLAS_CORETYPE=Haswell; "
+                        "our fp32 rows show their ratio to it (see above)")
     p.add_argument("--llama-cpp", metavar="DIR",
                    help="also measure llama.cpp's llama-bench (DIR: a llama.cpp source tree built with it; "
                         "see benchmarks/llama_cpp.py)")
@@ -79,6 +93,8 @@ def main():
     cfg = CONFIGS[a.config]
     if not os.path.exists(a.bench):
         sys.exit(f"{a.bench} not found: build it with  cmake --build build --target gemma3-bench")
+    if a.baseline_bench and not os.access(a.baseline_bench, os.X_OK):
+        sys.exit(f"--baseline-bench {a.baseline_bench}: not an executable (see --help for how to build one)")
     common = ["--config", a.config, "--batch", str(a.batch), "--seq", str(a.seq), "--repeats", str(a.repeats)]
     script = os.path.join(ROOT, "benchmarks", "torch_gemma3.py")
     pythons = [("torch (PyPI)", sys.executable)]
@@ -105,6 +121,10 @@ def main():
         for weights in ["f32", "bf16", "int8"]:
             results[("decode", f"gemma3 {weights} weights")] = run(
                 pin + [a.bench, "--mode", "decode", "--weights", weights] + common, ours_env)
+        if a.baseline_bench:
+            baseline_env = dict(ours_env, OPENBLAS_CORETYPE="Haswell")
+            for mode in ["train", "forward", "decode"]:
+                results[(mode, BASELINE)] = run(pin + [a.baseline_bench, "--mode", mode] + common, baseline_env)
         torch_common = common + ["--threads", str(threads)]
         for name, py in pythons:
             variants = [("", [])]
@@ -166,6 +186,14 @@ def main():
                 gf_text = f"{gf:9.1f}" if mode != "decode" else f"{'':>9}"
                 print(f"{mode:9}{name:40}{tps:10.1f}{gf_text}{tps / roofline(mode, name, row):9.0%} {vs_torch:>16}"
                       f"{vs_llama:>19}{rss:>11}")
+        if a.baseline_bench:
+            ratios = []
+            for mode, ours in [("train", "gemma3 float32"), ("forward", "gemma3 float32"), ("decode", "gemma3 f32 weights")]:
+                base, now = results.get((mode, BASELINE), (None, None))[0], results.get((mode, ours), (None, None))[0]
+                if base and now:
+                    ratios.append(f"{mode} {now['tokens_per_s'] / base['tokens_per_s']:.2f}x")
+            print(f"fp32 against the baseline build ({a.baseline_bench}, OPENBLAS_CORETYPE=Haswell): " +
+                  (", ".join(ratios) or "not measured"))
     return 0
 
 
