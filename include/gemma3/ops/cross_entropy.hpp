@@ -1,9 +1,10 @@
 // Output head fused with softmax cross-entropy, chunked over rows.
 //
-// docs/model.md §3.6 and §9.1-9.2. For each chunk of rows: logits = h W^T, loss_i = logsumexp(logits_i) -
-// logits_i[y_i], d_logits = (softmax(logits) - onehot(y)) * grad_scale, then dh = d_logits W and
-// dW += d_logits^T h (products in the layer precision, ops/linear.hpp). Only a chunk of logits exists at a time: at the seed's batch (32 x 128 tokens,
-// vocab 50257) the full matrix would take 823 MB in fp32.
+// docs/model.md §3.6 and §9.1-9.2. For each chunk of rows: logits = h W^T, loss_i =
+// logsumexp(logits_i) - logits_i[y_i], d_logits = (softmax(logits) - onehot(y)) * grad_scale, then
+// dh = d_logits W and dW += d_logits^T h (products in the layer precision, ops/linear.hpp). Only a
+// chunk of logits exists at a time: at the seed's batch (32 x 128 tokens, vocab 50257) the full
+// matrix would take 823 MB in fp32.
 #pragma once
 
 #include <gemma3/core/blas.hpp>
