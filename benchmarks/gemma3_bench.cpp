@@ -196,13 +196,17 @@ void decode(const Settings& s) {
         model.reset();  // decoding reads only the packed copy
     }
     const auto prompt = random_tokens(s.seq, C::vocab_size, 5);
-    double per_token = 0, cpu_per_token = 0, prefill_s = 0;
+    // Each repeat's decode and prefill times; the medians are reported (as median_seconds does for
+    // the whole run), not the last repeat's.
+    std::vector<double> per_token_runs, cpu_per_token_runs, prefill_runs;
+    int runs = 0;
     median_seconds(s.warmup, s.repeats, [&] {
+        const bool warming_up = runs++ < s.warmup;
         auto generator = packed ? gemma3::Generator<C, float>(*packed, s.seq + s.decode_tokens + 1)
                                 : gemma3::Generator<C, float>(*model, s.seq + s.decode_tokens + 1);
         const auto prefill_start = Clock::now();
         generator.append(prompt);
-        prefill_s = std::chrono::duration<double>(Clock::now() - prefill_start).count();
+        const double prefill_s = std::chrono::duration<double>(Clock::now() - prefill_start).count();
         std::int32_t next = 1;
         const auto start = Clock::now();
         const double cpu_start = process_cpu_seconds();
@@ -212,9 +216,16 @@ void decode(const Settings& s) {
             logits.row(0).maxCoeff(&arg);
             next = static_cast<std::int32_t>(arg);
         }
-        per_token = std::chrono::duration<double>(Clock::now() - start).count() / static_cast<double>(s.decode_tokens);
-        cpu_per_token = (process_cpu_seconds() - cpu_start) / static_cast<double>(s.decode_tokens);
+        if (warming_up) return;
+        per_token_runs.push_back(std::chrono::duration<double>(Clock::now() - start).count() / static_cast<double>(s.decode_tokens));
+        cpu_per_token_runs.push_back((process_cpu_seconds() - cpu_start) / static_cast<double>(s.decode_tokens));
+        prefill_runs.push_back(prefill_s);
     });
+    const auto median = [](std::vector<double> v) {
+        std::sort(v.begin(), v.end());
+        return v[v.size() / 2];
+    };
+    const double per_token = median(per_token_runs), cpu_per_token = median(cpu_per_token_runs), prefill_s = median(prefill_runs);
     // Bytes a decode step must read: every weight matrix once (the embedding only one row).
     const auto counts = gemma3::count_parameters(gemma3::config_file_of<C>());
     const double bytes =
