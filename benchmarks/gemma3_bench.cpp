@@ -217,8 +217,9 @@ void decode(const Settings& s) {
             next = static_cast<std::int32_t>(arg);
         }
         if (warming_up) return;
-        per_token_runs.push_back(std::chrono::duration<double>(Clock::now() - start).count() / static_cast<double>(s.decode_tokens));
-        cpu_per_token_runs.push_back((process_cpu_seconds() - cpu_start) / static_cast<double>(s.decode_tokens));
+        const auto tokens = static_cast<double>(s.decode_tokens);
+        per_token_runs.push_back(std::chrono::duration<double>(Clock::now() - start).count() / tokens);
+        cpu_per_token_runs.push_back((process_cpu_seconds() - cpu_start) / tokens);
         prefill_runs.push_back(prefill_s);
     });
     const auto median = [](std::vector<double> v) {
