@@ -20,6 +20,7 @@
 // cached per thread; creating one costs far more than a small product.
 #pragma once
 
+#include <gemma3/core/bf16_bits.hpp>
 #include <gemma3/core/tensor.hpp>
 
 #include <cblas.h>
@@ -410,19 +411,11 @@ auto block_of(const V& m, Index r0, Index c0, Index rows, Index cols) {
     }
 }
 
-// x rounded to the nearest bf16 (ties to even): the upper 16 bits of the result; a NaN stays a
-// NaN (made quiet, so that dropping its low bits cannot turn it into infinity). Every float ->
-// bf16 rounding here goes through it, so both bf16 kernels see the same values. Written on the
-// bits so that loops over it vectorize: Eigen's float -> bfloat16 -> float round trip runs at half
-// its speed here (45 against 22 ms for 32 M values on one core).
-inline std::uint16_t bf16_bits_of(float x) {
-    const auto bits = std::bit_cast<std::uint32_t>(x);
-    if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((bits | 0x00400000u) >> 16);
-    return static_cast<std::uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
-}
-
-// x rounded to the nearest bf16 value, kept in fp32 (the widened kernel's operands).
-inline float round_to_bf16_value(float x) { return std::bit_cast<float>(std::uint32_t{bf16_bits_of(x)} << 16); }
+// x rounded to the nearest bf16 value (float_to_bf16: ties to even, NaN kept quiet), kept in fp32
+// (the widened kernel's operands). On the bits, so that loops over it vectorize: Eigen's float ->
+// bfloat16 -> float round trip runs at half its speed here (45 against 22 ms for 32 M values on
+// one core).
+inline float round_to_bf16_value(float x) { return bf16_to_float(float_to_bf16(x)); }
 
 // out [rows, cols] (contiguous) = convert(m's element), row by row, the rows split between the
 // threads when there are enough of them; a memory-bound pass, which each bf16 conversion below is.
@@ -459,9 +452,7 @@ ConstMatrixView<float> widen_to_float(const V& m, Buffer<float>& scratch) {
         static_assert(std::is_same_v<S, bf16>);
         scratch.resize(static_cast<std::size_t>(m.size()));
         // On the bits: twice the speed of Eigen's bfloat16 -> float conversion, which does not vectorize.
-        convert_rows(m, scratch.data(), [](bf16 x) {
-            return std::bit_cast<float>(std::uint32_t{Eigen::numext::bit_cast<std::uint16_t>(x)} << 16);
-        });
+        convert_rows(m, scratch.data(), [](bf16 x) { return bf16_to_float(Eigen::numext::bit_cast<std::uint16_t>(x)); });
         return const_view(scratch.data(), m.rows(), m.cols());
     }
 }
@@ -534,8 +525,8 @@ void gemm_widened(const A& a, Op op_a, const B& b, Op op_b, C&& c, float alpha, 
     gemm(widen_to_float(a, scratch.a), op_a, widen_to_float(b, scratch.b), op_b, c, alpha, beta);
 }
 
-// `m` as bf16: itself when it is bf16, else rounded (nearest even, bf16_bits_of) into `scratch`
-// (resized).
+// `m` as bf16: itself when it is bf16, else rounded (float_to_bf16, as round_to_bf16_value) into
+// `scratch` (resized).
 template <class V>
 ConstMatrixView<bf16> as_bf16(const V& m, Buffer<bf16>& scratch) {
     if constexpr (std::is_same_v<typename V::Scalar, bf16>) {
@@ -543,7 +534,7 @@ ConstMatrixView<bf16> as_bf16(const V& m, Buffer<bf16>& scratch) {
     } else {
         static_assert(std::is_same_v<typename V::Scalar, float>);
         scratch.resize(static_cast<std::size_t>(m.size()));
-        convert_rows(m, scratch.data(), [](float x) { return Eigen::numext::bit_cast<bf16>(bf16_bits_of(x)); });
+        convert_rows(m, scratch.data(), [](float x) { return Eigen::numext::bit_cast<bf16>(float_to_bf16(x)); });
         return const_view(scratch.data(), m.rows(), m.cols());
     }
 }

@@ -12,6 +12,7 @@
 // make it read outside the mapped file.
 #pragma once
 
+#include <gemma3/core/bf16_bits.hpp>
 #include <gemma3/detail/text.hpp>
 #include <gemma3/io/file_io.hpp>
 #include <gemma3/io/json_read.hpp>
@@ -114,26 +115,8 @@ constexpr std::optional<DType> parse_dtype(std::string_view name) {
 // 16-bit floating-point conversions (also used by the CUDA back end, hence constexpr and
 // dependency-free).
 //
-// bfloat16 is the top half of an IEEE binary32: 1 sign bit, the same 8 exponent bits, 7 mantissa
-// bits. Widening is exact: shift the bits up by 16.
-constexpr float bf16_to_float(std::uint16_t bits) {
-    return std::bit_cast<float>(static_cast<std::uint32_t>(bits) << 16);
-}
-
-// Narrowing rounds to nearest, ties to even (what PyTorch does). Because the exponent range is the
-// same as float's, this is one integer addition on the bits: adding 0x7FFF plus the lowest kept
-// bit carries into the kept half exactly when the dropped half is above the midpoint, or at the
-// midpoint with an odd kept half. A carry out of the mantissa correctly bumps the exponent, and
-// from the largest finite values it correctly produces infinity. +-inf map to +-inf. NaN would be
-// corrupted by the addition (it could carry into inf), so it is handled first: it keeps its sign
-// and the top of its payload, with the quiet bit set so that it stays a NaN even if the payload
-// was only in the dropped bits.
-constexpr std::uint16_t float_to_bf16(float value) {
-    const std::uint32_t bits = std::bit_cast<std::uint32_t>(value);
-    if ((bits & 0x7FFF'FFFFu) > 0x7F80'0000u) return static_cast<std::uint16_t>((bits >> 16) | 0x0040u);
-    const std::uint32_t lowest_kept_bit = (bits >> 16) & 1u;
-    return static_cast<std::uint16_t>((bits + 0x7FFFu + lowest_kept_bit) >> 16);
-}
+// bfloat16 <-> float: bf16_to_float and float_to_bf16 (core/bf16_bits.hpp, shared with the matrix
+// products of core/blas.hpp).
 
 // double -> bfloat16 with a single rounding (nearest, ties to even). Going through float with two
 // round-to-nearest steps would be wrong in rare cases (1 + 2^-8 + 2^-40 would become the tie
