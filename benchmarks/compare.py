@@ -8,8 +8,11 @@ Measures, each in its own process (so peak memory is per measurement):
     (build/bin/gemma3-bench --mode limits);
   - training steps (forward + backward + AdamW) and forward passes of the same model, batch and
     thread count: gemma3 (build/bin/gemma3-bench) in fp32 and bf16 mixed precision (Cpu<bf16>), the
-    current PyPI torch (.venv) in fp32, bf16 autocast and bf16 autocast + torch.compile, and Debian's
-    torch 1.13 (/usr/bin/python3, package python3-torch) when installed;
+    current PyPI torch (.venv) in fp32, bf16 autocast and bf16 autocast + torch.compile (and, for the
+    forward, the model cast to bf16), and Debian's torch 1.13 (/usr/bin/python3, package
+    python3-torch) when installed. Our bf16 forward runs on weights that are bf16 values, as a bf16
+    checkpoint gives them (Cpu<bf16> then reads them in place), our bf16 training step on fp32 master
+    weights;
   - decoding one sequence after a --seq-token prompt: gemma3's KV cache with its weight matrices in
     fp32, bf16 and blockwise int8 (gemma3-bench --weights), against transformers' generate with its
     cache; a decode row's roofline is the copy bandwidth over the weight bytes it reads per token;
@@ -116,7 +119,8 @@ def main():
         results = {}
         for mode in ["train", "forward"]:
             for dtype in ["float32", "bfloat16"]:
-                results[(mode, f"gemma3 {dtype}")] = run(pin + [a.bench, "--mode", mode, "--dtype", dtype] + common, ours_env)
+                name = f"gemma3 {dtype}" + (", bf16 weights" if (mode, dtype) == ("forward", "bfloat16") else "")
+                results[(mode, name)] = run(pin + [a.bench, "--mode", mode, "--dtype", dtype] + common, ours_env)
         # Decoding with the weight matrices in fp32, bf16 and blockwise int8 (activations fp32 throughout).
         for weights in ["f32", "bf16", "int8"]:
             results[("decode", f"gemma3 {weights} weights")] = run(
@@ -135,6 +139,9 @@ def main():
             for mode in ["train", "forward"]:
                 for suffix, flags in variants:
                     results[(mode, name + suffix)] = run(pin + [py, script, "--mode", mode] + torch_common + flags, torch_env)
+            if name == "torch (PyPI)":  # pure bf16 inference: the forward our bf16 row runs, bf16 weights
+                results[("forward", name + " bf16 weights")] = run(
+                    pin + [py, script, "--mode", "forward", "--bf16-weights"] + torch_common, torch_env)
         results[("decode", "transformers generate")] = run(pin + [sys.executable, script, "--mode", "hf-decode"] + torch_common,
                                                            torch_env)
         if a.llama_cpp:

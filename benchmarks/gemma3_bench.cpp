@@ -7,11 +7,13 @@
 //             copy bandwidth (GB/s)
 //   forward   logits for batch x seq tokens: tokens/s, GFLOP/s
 //   train     forward + backward + AdamW: tokens/s, GFLOP/s
-// --dtype bfloat16 runs forward and train on Cpu<bf16> (bf16 products, fp32 master weights).
+// --dtype bfloat16 runs forward and train on Cpu<bf16> (bf16 products, fp32 master weights); the
+// forward's weights are bf16 values, as inference loads them from a bf16 checkpoint.
 // Every line names the GEMM engine and the instruction set it dispatched to.
 //   decode    one sequence: a prompt of seq tokens, then new tokens one at a time with the KV cache
 // Each mode prints one JSON object per line (and a readable line on stderr). Times are the median
 // of --repeats runs after --warmup runs. Peak RSS is the process's (VmHWM of /proc/self/status).
+#include <gemma3/core/bf16_bits.hpp>
 #include <gemma3/core/configs.hpp>
 #include <gemma3/core/footprint.hpp>
 #include <gemma3/core/generation.hpp>
@@ -142,6 +144,13 @@ template <class C, class P>
 void forward(const Settings& s) {
     auto model = std::make_unique<gemma3::Model<C, gemma3::Cpu<P>>>();
     model->init(gemma3::InitScheme::hf, 0.02, 1);
+    if constexpr (std::is_same_v<P, gemma3::bf16>) {
+        // Inference weights in bf16, as a bf16 checkpoint (the seed's dtype) or llama.cpp's BF16
+        // GGUF holds them: each rounded once here, as loading would.
+        float* w = model->parameters.data();
+        for (std::size_t i = 0; i < model->parameters.size(); ++i) w[i] = gemma3::bf16_to_float(gemma3::float_to_bf16(w[i]));
+        model->weights_updated();
+    }
     const auto tokens = random_tokens(s.batch * s.seq, C::vocab_size, 2);
     const double t = median_seconds(s.warmup, s.repeats, [&] { model->forward(tokens, s.batch, s.seq); });
     const double n = static_cast<double>(s.batch * s.seq);

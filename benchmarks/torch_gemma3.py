@@ -55,6 +55,7 @@ def rope_tables(theta, head_dim, seq):
 
 def rotate(x, cos, sin):
     half = x.shape[-1] // 2
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)  # a no-op in fp32; bf16 with --bf16-weights
     return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
 
 
@@ -174,6 +175,8 @@ def main():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--autocast", action="store_true",
                    help='bf16 mixed precision: torch.autocast("cpu", dtype=torch.bfloat16)')
+    p.add_argument("--bf16-weights", action="store_true",
+                   help="forward: the model cast to bfloat16 (model.to(torch.bfloat16)), pure bf16 inference")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--out", help="save-hf: the directory to write")
     p.add_argument("--tokenizer-dir", help="save-hf: a directory with GPT-2's vocab.json and merges.txt")
@@ -214,9 +217,13 @@ def main():
         return
 
     model = Gemma3(cfg)
+    if a.bf16_weights:
+        if a.mode != "forward":
+            p.error("--bf16-weights is for --mode forward (bf16 training keeps fp32 weights: --autocast)")
+        model = model.to(torch.bfloat16)
     if a.compile:
         model = torch.compile(model)
-    extra = {"autocast": a.autocast, "compile": a.compile}
+    extra = {"autocast": a.autocast, "compile": a.compile, "bf16_weights": a.bf16_weights}
 
     def precision():
         return torch.autocast("cpu", dtype=torch.bfloat16) if a.autocast else contextlib.nullcontext()

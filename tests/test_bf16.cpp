@@ -35,6 +35,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <memory>
 #include <random>
 #include <sstream>
@@ -167,6 +168,22 @@ TEST_CASE("round_to_bf16_value rounds like Eigen's bfloat16, ties to even") {
     CHECK(mismatches == 0);
 }
 
+TEST_CASE("all_bf16_values: true exactly when rounding to bf16 would change no value") {
+    std::mt19937_64 rng(19);
+    std::vector<float> values(10000);  // more than one of its blocks
+    for (auto& v : values) v = detail::round_to_bf16_value(static_cast<float>(std::normal_distribution<double>()(rng)));
+    values[5] = 0.0f;
+    values[6] = -0.0f;
+    values[7] = std::numeric_limits<float>::infinity();
+    values[8] = 0x1p-130f;  // a subnormal bf16 value
+    CHECK(all_bf16_values(values.data(), values.size()));
+    CHECK(all_bf16_values(values.data(), 0));
+    // One value off the grid, in the last block: found.
+    values.back() = std::nextafter(values.back(), 10.0f);
+    CHECK(!all_bf16_values(values.data(), values.size()));
+    CHECK(all_bf16_values(values.data(), values.size() - 1));
+}
+
 TEST_CASE("GEMMA3_BF16_KERNEL: a value other than native, widened or auto is an error naming it") {
     ::setenv("GEMMA3_BF16_KERNEL", "fastest", 1);
     CHECK_THROWS_WITH_AS(detail::automatic_bf16_kernel(), "GEMMA3_BF16_KERNEL=fastest: expected native, widened or auto",
@@ -233,6 +250,29 @@ TEST_CASE("bf16 products read operands inside the weight copy from it, others ar
     for (Index i = 0; i < 4; ++i)
         for (Index j = 0; j < 4; ++j) CHECK(std::abs(y(i, j) + y_rounded(i, 2 + j)) <= 32 * u_f * 16 * 4.0 * 3.0);
     CHECK(!Bf16Products::active());
+}
+
+TEST_CASE("widened bf16 products read master weights marked as bf16 values in place, unrounded") {
+    const Bf16KernelFor selected(Bf16Kernel::widened);
+    std::mt19937_64 rng(16);
+    // w is deliberately not bf16 values: marked as such, it must be read as it is, so the product
+    // is x rounded to bf16 times w unrounded (not w rounded, which would differ by up to u_b).
+    const MatF w = random_float(8, 16, rng), x = random_float(4, 16, rng);
+    const Bf16WeightCopy marked{w.data(), nullptr, static_cast<std::size_t>(w.size()), /*master_is_bf16=*/true};
+    MatF y(4, 8), y_rounded(4, 8);
+    {
+        const Bf16Products bf16_products(marked);
+        linear_forward<float>(cview(x), cview(w), view(y));
+    }
+    {
+        const Bf16Products bf16_products(no_weight_copy);
+        linear_forward<float>(cview(x), cview(w), view(y_rounded));
+    }
+    const MatD xr = x.cast<double>().unaryExpr([](double v) { return double(detail::round_to_bf16_value(float(v))); });
+    const MatD scale = xr.cwiseAbs() * w.cast<double>().cwiseAbs().transpose();
+    check_elementwise(y, xr * w.cast<double>().transpose(), scale, 2.0 * 16 * u_f);
+    // The rounded product is another one: w's rounding shows, far beyond fp32 accumulation.
+    CHECK((y - y_rounded).cwiseAbs().maxCoeff() > 100 * 2.0 * 16 * u_f * scale.maxCoeff());
 }
 
 TEST_CASE("bf16 classifier: logits from bf16 operands, softmax and loss in fp32") {
@@ -394,6 +434,39 @@ TEST_CASE("Cpu<bf16> reads a weight copy refreshed after weights_updated()") {
     model->weights_updated();
     const auto fresh = model->forward(tokens, 1, 16);
     CHECK(!std::equal(before.begin(), before.end(), fresh.data()));
+}
+
+TEST_CASE("Cpu<bf16>, widened products: weights are read in place while bf16 values, rounded again once they are not") {
+    const Bf16KernelFor selected(Bf16Kernel::widened);
+    using C = configs::Gemma3Tiny;
+    const auto to_bf16_values = [](Parameters<C, float>& p) {
+        for (std::size_t i = 0; i < p.size(); ++i) p.data()[i] = detail::round_to_bf16_value(p.data()[i]);
+    };
+    auto model = std::make_unique<Model<C, Cpu<bf16>>>(), rounded = std::make_unique<Model<C, Cpu<bf16>>>();
+    model->init(InitScheme::seed, 0.02, 17);
+    to_bf16_values(model->parameters);  // as a bf16 checkpoint gives them: read in place
+    model->weights_updated();
+    const auto tokens = random_tokens<C>(32, 18);
+    const auto first = model->forward(tokens, 2, 16);
+    const std::vector<float> before(first.data(), first.data() + first.size());
+    // An update moves the last block's down projection off the bf16 grid (times 1.1): after
+    // weights_updated() the products must round it again, giving what a model holding the rounded
+    // weights gives. Read in place instead (the stale answer), that product's inputs would differ
+    // from the rounded ones by up to u_b relative, 2^16 times the fp32 bound below.
+    auto down = model->parameters.weights().blocks.back().down_proj;
+    for (std::size_t i = 0; i < static_cast<std::size_t>(Dims<C>::model * Dims<C>::ffn); ++i) down[i] *= 1.1f;
+    model->weights_updated();
+    std::copy_n(model->parameters.data(), model->parameters.size(), rounded->parameters.data());
+    to_bf16_values(rounded->parameters);
+    rounded->weights_updated();
+    const auto got = model->forward(tokens, 2, 16);
+    const auto want = rounded->forward(tokens, 2, 16);
+    // Same bf16 operands in every product: only the fp32 accumulation may differ, the model test's
+    // propagation rule with u_f in place of u_b.
+    const double bound = 4 * u_f * std::sqrt(4.0 * Dims<C>::layers + 1);
+    CHECK(normwise(got.data(), std::vector<double>(want.data(), want.data() + want.size()).data(),
+                   static_cast<std::size_t>(want.size())) <= bound);
+    CHECK(!std::equal(before.begin(), before.end(), want.data()));  // the rounded change still shows
 }
 
 // Real text: the first ~60 KB of the King James Bible (scripts/fetch_corpus.sh) in GPT-2 tokens, each

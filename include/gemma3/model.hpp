@@ -82,8 +82,12 @@ public:
     }
 
     // Call after changing `parameters` other than through init() (loading weights, an optimizer step,
-    // a checkpoint): Cpu<bf16> then rounds its bf16 copy afresh before the next pass. A no-op otherwise.
-    void weights_updated() { compute_copy_stale_ = true; }
+    // a checkpoint): Cpu<bf16> then rounds its bf16 copy afresh before the next pass, or checks again
+    // whether the weights are all bf16 values (see products_scope). A no-op otherwise.
+    void weights_updated() {
+        compute_copy_stale_ = true;
+        bf16_values_checked_ = false;
+    }
 
     // Logits [batch*seq, vocab] for `batch` sequences of `seq` tokens each, stored batch-major in
     // `tokens`. The view stays valid until the next call.
@@ -141,14 +145,21 @@ protected:
 
     // Cpu<bf16>: the scope that makes this thread's products bf16, after rounding the weight copy
     // when the weights changed. Widened products (blas.hpp) round the weights on their way into the
-    // fp32 kernel, so they need no copy, and none is held (the seed's is 252 MiB). Nothing for float
-    // and double.
+    // fp32 kernel, so they need no copy, and none is held (the seed's is 252 MiB). When the weights
+    // are all bf16 values (a bf16 checkpoint's, as inference has them; checked once after each
+    // weights_updated(), a read-only pass that stops early for fp32 training weights) the widened
+    // products read them in place: no rounding pass at all, about 7% of the seed's bf16 forward.
+    // Nothing for float and double.
     std::optional<Bf16Products> products_scope() {
         if constexpr (Cpu<P>::mixed_bf16) {
             if (bf16_kernel() == Bf16Kernel::widened) {
                 Buffer<bf16>().swap(compute_copy_);
                 compute_copy_stale_ = true;
-                copy_view_ = {parameters.data(), nullptr, 0};
+                if (!bf16_values_checked_) {
+                    weights_are_bf16_ = all_bf16_values(parameters.data(), parameters.size());
+                    bf16_values_checked_ = true;
+                }
+                copy_view_ = {parameters.data(), nullptr, parameters.size(), weights_are_bf16_};
                 return std::optional<Bf16Products>(std::in_place, copy_view_);
             }
             if (compute_copy_stale_ || compute_copy_.size() != parameters.size()) {
@@ -169,6 +180,8 @@ protected:
     Buffer<bf16> compute_copy_;  // Cpu<bf16>: the weights rounded to bf16, same layout as `parameters`
     Bf16WeightCopy copy_view_;
     bool compute_copy_stale_ = true;
+    bool bf16_values_checked_ = false;  // Cpu<bf16>, widened products: weights_are_bf16_ is current
+    bool weights_are_bf16_ = false;
     Activations<C, T> acts_;
     BackwardScratch<C, T> scratch_;
     RopeTables<T> rope_;

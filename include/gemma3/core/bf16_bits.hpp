@@ -4,7 +4,9 @@
 // (the CUDA back end compiles it with nvcc); written on the bits, so loops over it vectorize.
 #pragma once
 
+#include <algorithm>
 #include <bit>
+#include <cstddef>
 #include <cstdint>
 
 namespace gemma3 {
@@ -28,6 +30,22 @@ constexpr std::uint16_t float_to_bf16(float value) {
     if ((bits & 0x7FFF'FFFFu) > 0x7F80'0000u) return static_cast<std::uint16_t>((bits >> 16) | 0x0040u);
     const std::uint32_t lowest_kept_bit = (bits >> 16) & 1u;
     return static_cast<std::uint16_t>((bits + 0x7FFFu + lowest_kept_bit) >> 16);
+}
+
+// True when each of the `count` values is a bf16 value already (its low 16 bits are zero), so that
+// float_to_bf16 would give it back unchanged: weights read from a bf16 checkpoint are. (A signalling
+// NaN counts too, though rounding would make it quiet: a NaN weight gives NaN products either way.)
+// Checked in blocks that vectorize, stopping at the first block with a value outside bf16: fp32
+// weights that AdamW has just moved are found out within the first block.
+inline bool all_bf16_values(const float* values, std::size_t count) {
+    constexpr std::size_t block = 4096;
+    for (std::size_t start = 0; start < count; start += block) {
+        const std::size_t end = std::min(count, start + block);
+        std::uint32_t low_bits = 0;
+        for (std::size_t i = start; i < end; ++i) low_bits |= std::bit_cast<std::uint32_t>(values[i]) & 0xFFFFu;
+        if (low_bits != 0) return false;
+    }
+    return true;
 }
 
 }  // namespace gemma3

@@ -7,8 +7,9 @@
 // one code for every precision: while a Bf16Products scope is active on the calling thread, every
 // linear_product() in float takes its two operands rounded to bfloat16 (round to nearest even) —
 // weights from the model's bf16 copy, refreshed once per optimizer step (or, with the widened bf16
-// kernel of blas.hpp, which needs no copy, rounded on the way in like the rest), activations and
-// gradients rounded on the way in — and accumulates and writes fp32. These are the CUDA engine's
+// kernel of blas.hpp, which needs no copy, rounded on the way in like the rest, or read in place
+// when they are all bf16 values already), activations and gradients rounded on the way in — and
+// accumulates and writes fp32. These are the CUDA engine's
 // rounding points (cuda/model.cuh: bf16 weights and bf16 activations wherever they feed a matrix
 // product, fp32 accumulation and fp32 product outputs); the norms, softmax, attention, RoPE, loss
 // and the residual stream stay fp32, and weight gradients accumulate in fp32.
@@ -26,11 +27,14 @@
 namespace gemma3 {
 
 // A bfloat16 copy of a model's fp32 weights, element for element in the same layout; copy may be
-// null (no copy: every operand is rounded on the way in).
+// null (no copy: operands are rounded on the way in). Without a copy, master_is_bf16 says that every
+// master weight is a bf16 value already (weights loaded from a bf16 checkpoint, as inference has
+// them): the widened products then read the weights in place, with nothing to round.
 struct Bf16WeightCopy {
     const float* master = nullptr;
     const bf16* copy = nullptr;
     std::size_t size = 0;
+    bool master_is_bf16 = false;
 };
 
 namespace detail {
@@ -56,22 +60,26 @@ private:
 };
 
 namespace detail {
-// An operand's place in the weight copy when it lies inside the master weights (and there is a copy).
-template <class V>
-std::optional<ConstMatrixView<bf16>> in_weight_copy(const V& m, const Bf16WeightCopy& weights) {
-    if constexpr (!std::is_same_v<typename V::Scalar, float>) {
-        return std::nullopt;  // already bf16
-    } else {
+// Calls f with `m` as the bf16 products read it: when it lies inside the master weights, from the
+// weight copy, or in place as Bf16Values when the master holds bf16 values; otherwise as it is.
+template <class V, class F>
+void with_product_operand(const V& m, const Bf16WeightCopy& weights, F&& f) {
+    if constexpr (std::is_same_v<typename V::Scalar, float> && !std::is_same_v<V, Bf16Values>) {
         const auto address = [](const float* p) { return reinterpret_cast<std::uintptr_t>(p); };
-        const auto first = address(m.data());
-        const auto last = address(m.data() + (m.rows() - 1) * m.outerStride() + m.cols());
-        if (weights.copy == nullptr || m.size() == 0 || first < address(weights.master) ||
-            last > address(weights.master + weights.size)) {
-            return std::nullopt;
+        const bool inside = weights.master != nullptr && m.size() > 0 && address(m.data()) >= address(weights.master) &&
+                            address(m.data() + (m.rows() - 1) * m.outerStride() + m.cols()) <=
+                                address(weights.master + weights.size);
+        if (inside && weights.copy != nullptr) {
+            const auto offset = static_cast<std::size_t>(m.data() - weights.master);
+            f(ConstMatrixView<bf16>(weights.copy + offset, m.rows(), m.cols(), Eigen::OuterStride<>(m.outerStride())));
+            return;
         }
-        const auto offset = static_cast<std::size_t>(m.data() - weights.master);
-        return ConstMatrixView<bf16>(weights.copy + offset, m.rows(), m.cols(), Eigen::OuterStride<>(m.outerStride()));
+        if (inside && weights.master_is_bf16) {
+            f(Bf16Values(ConstMatrixView<float>(m.data(), m.rows(), m.cols(), Eigen::OuterStride<>(m.outerStride()))));
+            return;
+        }
     }
+    f(m);
 }
 }  // namespace detail
 
@@ -86,20 +94,13 @@ void linear_product(const A& a, Op op_a, const B& b, Op op_b, C&& c, typename st
     const auto* weights = detail::active_bf16_products;
     if (stored_bf16 || (weights && a.size() > 0 && b.size() > 0)) {
         if constexpr (std::is_same_v<T, float>) {
-            // Operands inside the master weights are read from the copy, others rounded on the way in.
+            // Operands inside the master weights are read from the copy (or in place), others
+            // rounded on the way in.
             static const Bf16WeightCopy no_copy{};
             const Bf16WeightCopy& copy = weights ? *weights : no_copy;
-            const auto run = [&](const auto& x, const auto& y) { gemm_bf16_values(x, op_a, y, op_b, c, alpha, beta); };
-            const auto a_copy = detail::in_weight_copy(a, copy), b_copy = detail::in_weight_copy(b, copy);
-            if (a_copy && b_copy) {
-                run(*a_copy, *b_copy);
-            } else if (a_copy) {
-                run(*a_copy, b);
-            } else if (b_copy) {
-                run(a, *b_copy);
-            } else {
-                run(a, b);
-            }
+            detail::with_product_operand(a, copy, [&](const auto& x) {
+                detail::with_product_operand(b, copy, [&](const auto& y) { gemm_bf16_values(x, op_a, y, op_b, c, alpha, beta); });
+            });
             return;
         } else {
             // Double under a bf16 scope: the same roundings of the operands, exact products otherwise.
