@@ -9,10 +9,10 @@
 // weights from the model's bf16 copy, refreshed once per optimizer step (or, with the widened bf16
 // kernel of blas.hpp, which needs no copy, rounded on the way in like the rest, or read in place
 // when they are all bf16 values already), activations and gradients rounded on the way in — and
-// accumulates and writes fp32. These are the CUDA engine's
-// rounding points (cuda/model.cuh: bf16 weights and bf16 activations wherever they feed a matrix
-// product, fp32 accumulation and fp32 product outputs); the norms, softmax, attention, RoPE, loss
-// and the residual stream stay fp32, and weight gradients accumulate in fp32.
+// accumulates and writes fp32. These are the CUDA engine's rounding points (cuda/model.cuh: bf16
+// weights and bf16 activations wherever they feed a matrix product, fp32 accumulation and fp32
+// product outputs); the norms, softmax, attention, RoPE, loss and the residual stream stay fp32, and
+// weight gradients accumulate in fp32.
 #pragma once
 
 #include <gemma3/core/blas.hpp>
@@ -21,7 +21,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
-#include <optional>
 #include <type_traits>
 
 namespace gemma3 {
