@@ -148,7 +148,7 @@ void forward(const Settings& s) {
         // Inference weights in bf16, as a bf16 checkpoint (the seed's dtype) or llama.cpp's BF16
         // GGUF holds them: each rounded once here, as loading would.
         float* w = model->parameters.data();
-        for (std::size_t i = 0; i < model->parameters.size(); ++i) w[i] = gemma3::bf16_to_float(gemma3::float_to_bf16(w[i]));
+        for (std::size_t i = 0; i < model->parameters.size(); ++i) w[i] = gemma3::round_to_bf16_value(w[i]);
         model->weights_updated();
     }
     const auto tokens = random_tokens(s.batch * s.seq, C::vocab_size, 2);

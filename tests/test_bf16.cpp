@@ -160,7 +160,7 @@ TEST_CASE("round_to_bf16_value rounds like Eigen's bfloat16, ties to even") {
     int mismatches = 0;
     for (const auto bits : patterns) {
         const float x = std::bit_cast<float>(bits);
-        const float got = detail::round_to_bf16_value(x), want = static_cast<float>(bf16(x));
+        const float got = round_to_bf16_value(x), want = static_cast<float>(bf16(x));
         if (std::isnan(want) ? !std::isnan(got) : std::bit_cast<std::uint32_t>(got) != std::bit_cast<std::uint32_t>(want)) {
             if (++mismatches <= 5) MESSAGE("0x" << std::hex << bits << ": " << got << " against " << want);
         }
@@ -171,7 +171,7 @@ TEST_CASE("round_to_bf16_value rounds like Eigen's bfloat16, ties to even") {
 TEST_CASE("all_bf16_values: true exactly when rounding to bf16 would change no value") {
     std::mt19937_64 rng(19);
     std::vector<float> values(10000);  // more than one of its blocks
-    for (auto& v : values) v = detail::round_to_bf16_value(static_cast<float>(std::normal_distribution<double>()(rng)));
+    for (auto& v : values) v = round_to_bf16_value(static_cast<float>(std::normal_distribution<double>()(rng)));
     values[5] = 0.0f;
     values[6] = -0.0f;
     values[7] = std::numeric_limits<float>::infinity();
@@ -268,7 +268,7 @@ TEST_CASE("widened bf16 products read master weights marked as bf16 values in pl
         const Bf16Products bf16_products(no_weight_copy);
         linear_forward<float>(cview(x), cview(w), view(y_rounded));
     }
-    const MatD xr = x.cast<double>().unaryExpr([](double v) { return double(detail::round_to_bf16_value(float(v))); });
+    const MatD xr = x.cast<double>().unaryExpr([](double v) { return double(round_to_bf16_value(float(v))); });
     const MatD scale = xr.cwiseAbs() * w.cast<double>().cwiseAbs().transpose();
     check_elementwise(y, xr * w.cast<double>().transpose(), scale, 2.0 * 16 * u_f);
     // The rounded product is another one: w's rounding shows, far beyond fp32 accumulation.
@@ -336,7 +336,7 @@ TEST_CASE("bf16 classifier: the products read d_logits rounded to bf16") {
         CHECK(want(targets[static_cast<std::size_t>(i)]) < -0.5);
         for (Index v = 0; v < vocab; ++v) {
             const float got = d_head(v, i);
-            not_bf16 += detail::round_to_bf16_value(got) != got;
+            not_bf16 += round_to_bf16_value(got) != got;
             worst = std::max(worst, std::abs(double(got) - want(v)) / (std::abs(want(v)) * u_b + 1e-30));
         }
     }
@@ -440,7 +440,7 @@ TEST_CASE("Cpu<bf16>, widened products: weights are read in place while bf16 val
     const Bf16KernelFor selected(Bf16Kernel::widened);
     using C = configs::Gemma3Tiny;
     const auto to_bf16_values = [](Parameters<C, float>& p) {
-        for (std::size_t i = 0; i < p.size(); ++i) p.data()[i] = detail::round_to_bf16_value(p.data()[i]);
+        for (std::size_t i = 0; i < p.size(); ++i) p.data()[i] = round_to_bf16_value(p.data()[i]);
     };
     auto model = std::make_unique<Model<C, Cpu<bf16>>>(), rounded = std::make_unique<Model<C, Cpu<bf16>>>();
     model->init(InitScheme::seed, 0.02, 17);

@@ -16,7 +16,7 @@
 #include "cuda_test.hpp"
 #include "guarded_buffer.hpp"
 
-#include <gemma3/io/safetensors.hpp>  // float_to_bf16 / bf16_to_float: the host-side reference rounding
+#include <gemma3/core/bf16_bits.hpp>  // round_to_bf16_value: the host-side reference rounding
 
 #include <cmath>
 #include <cstddef>
@@ -36,12 +36,10 @@ inline constexpr double fp32_unit = 0x1p-24;  // unit roundoff of fp32
 // rounding to nearest, doubling the unit roundoff (the bound test_cuda_gemm.cu uses too).
 inline constexpr double gemm_unit = 0x1p-23;
 
-inline float round_to_bf16(float value) { return gemma3::bf16_to_float(gemma3::float_to_bf16(value)); }
-
 // n uniform values in [low, high), rounded to bf16 (representable exactly in bf16 and in float).
 inline std::vector<float> bf16_values(std::size_t n, float low, float high, std::uint32_t seed) {
     std::vector<float> values = random_floats(n, low, high, seed);
-    for (float& v : values) v = round_to_bf16(v);
+    for (float& v : values) v = gemma3::round_to_bf16_value(v);
     return values;
 }
 

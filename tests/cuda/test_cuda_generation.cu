@@ -113,7 +113,7 @@ void check_cached_decoding(std::uint64_t seed) {
         if constexpr (!C::tie_word_embeddings) std::copy_n(w.embed, n, w.lm_head);
         for (std::size_t i = 0; i < n; ++i) w.embed[i] *= 3;
     }
-    for (std::size_t i = 0; i < weights.size(); ++i) weights.data()[i] = cu::test::round_to_bf16(weights.data()[i]);
+    for (std::size_t i = 0; i < weights.size(); ++i) weights.data()[i] = gemma3::round_to_bf16_value(weights.data()[i]);
 
     gemma3::Model<C, gemma3::Cuda> gpu_model;
     for (std::size_t i = 0; i < weights.size(); ++i) gpu_model.parameters.data()[i] = weights.data()[i];

@@ -69,7 +69,7 @@ gemma3::Parameters<C, float> test_weights(gemma3::InitScheme scheme, std::uint64
     for (const auto& t : gemma3::parameter_tensors<C>())
         if (t.role == gemma3::TensorRole::norm)
             for (std::size_t i = 0; i < t.numel(); ++i) p.data()[t.offset + i] = norm_weight(generator);
-    for (std::size_t i = 0; i < p.size(); ++i) p.data()[i] = cu::test::round_to_bf16(p.data()[i]);
+    for (std::size_t i = 0; i < p.size(); ++i) p.data()[i] = gemma3::round_to_bf16_value(p.data()[i]);
     return p;
 }
 
@@ -348,7 +348,7 @@ GEMMA3_CUDA_TEST_CASE("Model<Gemma3_270M, Cuda>: logits and loss at the seed's f
     const int batch = 1, seq = 6, n = batch * seq;
     auto gpu = std::make_unique<gemma3::Model<C, gemma3::Cuda>>();
     gemma3::init_parameters(gpu->parameters, gemma3::InitScheme::hf, 0.02, 5);
-    for (std::size_t i = 0; i < gpu->parameters.size(); ++i) gpu->parameters.data()[i] = cu::test::round_to_bf16(gpu->parameters.data()[i]);
+    for (std::size_t i = 0; i < gpu->parameters.size(); ++i) gpu->parameters.data()[i] = gemma3::round_to_bf16_value(gpu->parameters.data()[i]);
     gpu->upload();
     auto cpu = std::make_unique<gemma3::Model<C, gemma3::Cpu<float>>>();
     std::copy(gpu->parameters.data(), gpu->parameters.data() + gpu->parameters.size(), cpu->parameters.data());

@@ -411,12 +411,6 @@ auto block_of(const V& m, Index r0, Index c0, Index rows, Index cols) {
     }
 }
 
-// x rounded to the nearest bf16 value (float_to_bf16: ties to even, NaN kept quiet), kept in fp32
-// (the widened kernel's operands). On the bits, so that loops over it vectorize: Eigen's float ->
-// bfloat16 -> float round trip runs at half its speed here (45 against 22 ms for 32 M values on
-// one core).
-inline float round_to_bf16_value(float x) { return bf16_to_float(float_to_bf16(x)); }
-
 // out [rows, cols] (contiguous) = convert(m's element), row by row, the rows split between the
 // threads when there are enough of them; a memory-bound pass, which each bf16 conversion below is.
 template <class V, class Out, class F>

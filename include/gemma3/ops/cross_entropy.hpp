@@ -66,7 +66,7 @@ ClassifierResult classifier_forward_backward(ConstMatrixView<T> h, ConstMatrixVi
                 if constexpr (std::is_same_v<T, float>) {
                     if (bf16_d_logits) {
                         float* values = &logits(r, 0);
-                        for (Index c = 0; c < vocab; ++c) values[c] = detail::round_to_bf16_value(values[c]);
+                        for (Index c = 0; c < vocab; ++c) values[c] = round_to_bf16_value(values[c]);
                     }
                 }
                 row_loss[static_cast<std::size_t>(r)] =
