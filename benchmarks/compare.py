@@ -4,8 +4,8 @@
   tools/setup_python.sh && .venv/bin/python benchmarks/compare.py [--config seed] [--batch 4 --seq 128]
 
 Measures, each in its own process (so peak memory is per measurement):
-  - this machine's limits: sgemm GFLOP/s at the model's matrix shapes and copy bandwidth
-    (build/bin/gemma3-bench --mode limits);
+  - this machine's limits: sgemm GFLOP/s at the model's matrix shapes, copy bandwidth, and the peak
+    rates of the fp32 FMA and bf16 dot-product instructions (build/bin/gemma3-bench --mode limits);
   - training steps (forward + backward + AdamW) and forward passes of the same model, batch and
     thread count: gemma3 (build/bin/gemma3-bench) in fp32 and bf16 mixed precision (Cpu<bf16>), the
     current PyPI torch (.venv) in fp32, bf16 autocast and bf16 autocast + torch.compile (and, for the
@@ -166,6 +166,11 @@ def main():
         print(f"\n{threads} thread(s){' pinned to core 0' if pin else ''}; GEMM engine: {limits.get('gemm_engine', '?')}")
         print(f"machine: GEMM {limits['sgemm_gflops']:.0f} GFLOP/s fp32, {limits['bf16_gemm_gflops']:.0f} GFLOP/s bf16 inputs "
               f"at the model's shapes, copy {limits['copy_gbps']:.1f} GB/s")
+        peak = {k: limits.get(k) for k in ("fp32_fma_gflops", "bf16_dot_gflops")}
+        if peak["fp32_fma_gflops"]:  # absent on CPUs without AVX-512 (and from older builds)
+            bf16_dot = f"{peak['bf16_dot_gflops']:.0f}" if peak["bf16_dot_gflops"] else "none"
+            print(f"instruction peaks: fp32 FMA {peak['fp32_fma_gflops']:.0f} GFLOP/s, bf16 dot product (avx512_bf16) "
+                  f"{bf16_dot} GFLOP/s")
         print(f"{'':9}{'':40}{'tokens/s':>10}{'GFLOP/s':>9}{'roofline':>10}{'vs best PyTorch':>17}{'vs llama.cpp':>19}"
               f"{'peak RSS':>11}")
         for mode in ["train", "forward", "decode"]:

@@ -3,8 +3,8 @@
 //   build/bin/gemma3-bench --config seed --batch 4 --seq 128 --mode all [--dtype bfloat16]
 //
 // Modes (one per process when peak memory matters; benchmarks/compare.py runs them that way):
-//   limits    GEMM GFLOP/s at the model's matrix shapes (M = batch*seq), fp32 and bf16 inputs, and
-//             copy bandwidth (GB/s)
+//   limits    GEMM GFLOP/s at the model's matrix shapes (M = batch*seq), fp32 and bf16 inputs, copy
+//             bandwidth (GB/s), and the peak rates of the fp32 FMA and bf16 dot-product instructions
 //   forward   logits for batch x seq tokens: tokens/s, GFLOP/s
 //   train     forward + backward + AdamW: tokens/s, GFLOP/s
 // --dtype bfloat16 runs forward and train on Cpu<bf16> (bf16 products, fp32 master weights); the
@@ -93,8 +93,69 @@ std::vector<std::int32_t> random_tokens(std::int64_t n, int vocab, unsigned seed
     return t;
 }
 
-// sgemm at the shapes of the model's products, weighted by how often training performs them, and
-// copy bandwidth: the two limits the end-to-end numbers are compared with.
+#if GEMMA3_X86_KERNELS  // blas.hpp's switch; it includes <immintrin.h>
+// The arithmetic peak of one instruction on one thread, GFLOP/s: 12 independent accumulators cover
+// its latency, so the loop runs at the rate the core issues it. fp32 FMA against the bf16 dot
+// product (avx512_bf16) says whether bf16 products can be faster than fp32 at all on this core: on
+// some they issue at the FMA's rate (each does twice the work), on others at half of it
+// (docs/design.md §1). Hand-written: no library reports an instruction's rate.
+template <class Step>
+double instruction_loop_gflops(double flops_per_step, Step step) {
+    constexpr long steps = 20'000'000;
+    const auto start = Clock::now();
+    [[maybe_unused]] volatile float sink = step(steps);  // keeps the loop's result live
+    const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    return flops_per_step * static_cast<double>(steps) / seconds / 1e9;
+}
+
+__attribute__((target("avx512f"))) float fma_loop(long steps) {
+    __m512 acc[12];
+    for (auto& a : acc) a = _mm512_setzero_ps();
+    const __m512 x = _mm512_set1_ps(1.0f), y = _mm512_set1_ps(1e-9f);
+    for (long i = 0; i < steps; ++i) {
+#pragma GCC unroll 12
+        for (auto& a : acc) a = _mm512_fmadd_ps(x, y, a);
+    }
+    float sum = 0;
+    for (auto& a : acc) sum += _mm512_reduce_add_ps(a);
+    return sum;
+}
+
+__attribute__((target("avx512f,avx512bf16"))) float bf16_dot_loop(long steps) {
+    __m512 acc[12];
+    for (auto& a : acc) a = _mm512_setzero_ps();
+    const __m512bh x = reinterpret_cast<__m512bh>(_mm512_set1_epi16(0x3f80));  // 1.0
+    const __m512bh y = reinterpret_cast<__m512bh>(_mm512_set1_epi16(0x3089));  // 1e-9
+    for (long i = 0; i < steps; ++i) {
+#pragma GCC unroll 12
+        for (auto& a : acc) a = _mm512_dpbf16_ps(a, x, y);
+    }
+    float sum = 0;
+    for (auto& a : acc) sum += _mm512_reduce_add_ps(a);
+    return sum;
+}
+#endif
+
+// Per-thread instruction peaks summed over the team (JSON null where the CPU lacks the instruction).
+nlohmann::json instruction_peaks() {
+    nlohmann::json peaks = {{"fp32_fma_gflops", nullptr}, {"bf16_dot_gflops", nullptr}};
+#if GEMMA3_X86_KERNELS
+    const auto team_rate = [](auto loop, double flops_per_step) {
+        double total = 0;
+#pragma omp parallel reduction(+ : total)
+        total += instruction_loop_gflops(flops_per_step, loop);
+        return total;
+    };
+    // Per step: 12 instructions of 16 fp32 lanes; an FMA is 2 FLOPs a lane, a bf16 dot product 4.
+    if (__builtin_cpu_supports("avx512f")) peaks["fp32_fma_gflops"] = team_rate(fma_loop, 12 * 16 * 2);
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16"))
+        peaks["bf16_dot_gflops"] = team_rate(bf16_dot_loop, 12 * 16 * 4);
+#endif
+    return peaks;
+}
+
+// sgemm at the shapes of the model's products, weighted by how often training performs them, copy
+// bandwidth, and the instruction peaks: the limits the end-to-end numbers are compared with.
 template <class C>
 void limits(const Settings& s) {
     using D = gemma3::Dims<C>;
@@ -135,9 +196,17 @@ void limits(const Settings& s) {
         }
     });
     const double sgemm = flops / seconds / 1e9, bgemm = flops / seconds_bf16 / 1e9, copy = 2.0 * bytes / copy_t / 1e9;
+    const nlohmann::json peaks = instruction_peaks();
     std::cerr << "limits: " << gemma3::gemm_engine_name() << ": fp32 " << sgemm << " GFLOP/s, bf16 inputs " << bgemm
-              << " GFLOP/s at the model's shapes (M=" << m << "), copy " << copy << " GB/s\n";
-    report({{"mode", "limits"}, {"sgemm_gflops", sgemm}, {"bf16_gemm_gflops", bgemm}, {"copy_gbps", copy}, {"shapes", per_shape}});
+              << " GFLOP/s at the model's shapes (M=" << m << "), copy " << copy << " GB/s; instruction peaks: fp32 FMA "
+              << peaks["fp32_fma_gflops"].dump() << ", bf16 dot product " << peaks["bf16_dot_gflops"].dump() << " GFLOP/s\n";
+    report({{"mode", "limits"},
+            {"sgemm_gflops", sgemm},
+            {"bf16_gemm_gflops", bgemm},
+            {"copy_gbps", copy},
+            {"fp32_fma_gflops", peaks["fp32_fma_gflops"]},
+            {"bf16_dot_gflops", peaks["bf16_dot_gflops"]},
+            {"shapes", per_shape}});
 }
 
 template <class C, class P>
