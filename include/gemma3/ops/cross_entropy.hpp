@@ -79,19 +79,10 @@ ClassifierResult classifier_forward_backward(ConstMatrixView<T> h, ConstMatrixVi
         }
         for (Index r = 0; r < rows; ++r) result.loss_sum += row_loss[static_cast<std::size_t>(r)];  // fixed order
         if (dh) {
-            const auto products = [&](const auto& d_logits) {
+            with_shared_operand<T>(as_const(logits), bf16_d_logits, [&](const auto& d_logits) {
                 linear_product(d_logits, Op::none, head, Op::none, row_block(matrix_view(dh, n, d), r0, rows));
                 linear_product(d_logits, Op::transpose, h_rows, Op::none, matrix_view(d_head, vocab, d), T(1), T(1));
-            };
-            if constexpr (std::is_same_v<T, float>) {
-                if (bf16_d_logits) {
-                    with_bf16_values(Bf16Values(as_const(logits)), products);
-                } else {
-                    products(logits);
-                }
-            } else {
-                products(logits);
-            }
+            });
         }
     }
     return result;

@@ -120,23 +120,34 @@ void linear_forward(const X& x, ConstMatrixView<T> weight, MatrixView<T> y) {
     linear_product(x, Op::none, weight, Op::transpose, y);
 }
 
+// Calls f with `m` as the products that share it read it (a layer's dy, the classifier's d_logits:
+// each enters two): in float under a bf16 scope, its bf16 values made once (blas.hpp's
+// with_bf16_values; `already_bf16_values`: m holds them, so none are made), otherwise m as it is.
+template <class T, class F>
+void with_shared_operand(ConstMatrixView<T> m, bool already_bf16_values, F&& f) {
+    if constexpr (std::is_same_v<T, float>) {
+        if (Bf16Products::active() && m.size() > 0) {
+            if (already_bf16_values) {
+                with_bf16_values(Bf16Values(m), f);
+            } else {
+                with_bf16_values(m, f);
+            }
+            return;
+        }
+    }
+    f(m);
+}
+
 // dx [tokens, in] = dy W (overwritten, or added to when accumulate_dx); dW [out, in] += dy^T x.
 // x may be stored in bf16 (Activations::bf16_act). In mixed precision dy is rounded to bf16 once for
 // both products.
 template <class T, class X>
 void linear_backward(const X& x, ConstMatrixView<T> weight, ConstMatrixView<T> dy, MatrixView<T> dx,
                      MatrixView<T> d_weight, bool accumulate_dx = false) {
-    const auto products = [&](const auto& dy_operand) {
+    with_shared_operand<T>(dy, /*already_bf16_values=*/false, [&](const auto& dy_operand) {
         linear_product(dy_operand, Op::none, weight, Op::none, dx, T(1), accumulate_dx ? T(1) : T(0));
         linear_product(dy_operand, Op::transpose, x, Op::none, d_weight, T(1), T(1));
-    };
-    if constexpr (std::is_same_v<T, float>) {
-        if (Bf16Products::active() && dy.size() > 0) {
-            with_bf16_values(dy, products);
-            return;
-        }
-    }
-    products(dy);
+    });
 }
 
 }  // namespace gemma3
